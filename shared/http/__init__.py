@@ -1,0 +1,1 @@
+"""HTTP plumbing for aiohttp: typed endpoints, problems, auth, idempotency, health."""

@@ -1,0 +1,317 @@
+"""Typed endpoints: each route declares its body, query, reply and roles once.
+
+The same declaration decodes and validates the request (msgspec), checks the
+caller's role, replays ``Idempotency-Key`` POSTs, encodes the reply and
+generates ``/openapi.json`` — so the documented schema is, by construction,
+the one the handlers enforce.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from shared.db import Connection, Pool
+from shared.http import idempotency
+from shared.http.problems import (
+    PROBLEM_CONTENT_TYPE,
+    HTTPProblem,
+    Problem,
+    bad_request,
+    forbidden,
+    from_validation_error,
+    unauthorized,
+)
+from shared.tokens import InvalidToken, Principal, Role, TokenVerifier
+
+B = TypeVar("B")
+Q = TypeVar("Q")
+
+
+class RevocationCheck(Protocol):
+    """Answers True when a principal's token generation has been superseded."""
+
+    async def __call__(self, principal: Principal, /) -> bool: ...
+
+
+DB_POOL = web.AppKey("db_pool", Pool)
+VERIFIER = web.AppKey("token_verifier", TokenVerifier)
+REVOCATIONS = web.AppKey("token_revocations", RevocationCheck)
+
+PUBLIC: frozenset[Role] = frozenset()
+ANY_ROLE: frozenset[Role] = frozenset({"operator", "partner", "customer"})
+
+_encoder = msgspec.json.Encoder()
+_PATH_PARAM = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)\}")
+_JSON_TYPES = ("application/json", "application/problem+json")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A reply whose status differs from the endpoint's default."""
+
+    status: int
+    body: msgspec.Struct | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Call(Generic[B, Q]):
+    """One request, decoded: what a handler needs and nothing of aiohttp's."""
+
+    request: web.Request
+    principal: Principal | None
+    body: B
+    query: Q
+    _bound_connection: Connection | None = None
+
+    def path(self, name: str) -> str:
+        return self.request.match_info[name]
+
+    @property
+    def caller(self) -> Principal:
+        if self.principal is None:
+            raise unauthorized("this endpoint needs a bearer token")
+        return self.principal
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        """The request's unit of work.
+
+        Under an Idempotency-Key the transaction is the one that also stores
+        the reply, so the effect and its replay record commit together.
+        """
+        if self._bound_connection is not None:
+            yield self._bound_connection
+            return
+        async with self.request.app[DB_POOL].acquire() as conn, conn.transaction():
+            yield conn
+
+
+Handler = Callable[[Call[Any, Any]], Awaitable[msgspec.Struct | Reply]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    roles: frozenset[Role]
+    body: type | None
+    query: type | None
+    response: type | None
+    status: int
+    tag: str
+
+    @property
+    def public(self) -> bool:
+        return not self.roles
+
+
+class Api:
+    def __init__(self, title: str, version: str = "1.0.0") -> None:
+        self.title = title
+        self.version = version
+        self.endpoints: list[Endpoint] = []
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        roles: frozenset[Role],
+        body: type | None = None,
+        query: type | None = None,
+        response: type | None = None,
+        status: int = 200,
+        tag: str = "default",
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.endpoints.append(
+                Endpoint(method, path, handler, summary, roles, body, query, response, status, tag)
+            )
+            return handler
+
+        return register
+
+    def install(self, app: web.Application) -> None:
+        for endpoint in self.endpoints:
+            app.router.add_route(endpoint.method, endpoint.path, _aiohttp_handler(endpoint))
+
+
+async def authenticate(request: web.Request) -> Principal:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthorized("send 'Authorization: Bearer <token>'")
+    try:
+        principal = request.app[VERIFIER].verify(token.strip())
+    except InvalidToken as exc:
+        raise unauthorized(str(exc)) from None
+    if principal.role != "operator" and await request.app[REVOCATIONS](principal):
+        raise unauthorized("the token was replaced by a newer one")
+    return principal
+
+
+def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    body_decoder: msgspec.json.Decoder[Any] | None = (
+        msgspec.json.Decoder(endpoint.body) if endpoint.body is not None else None
+    )
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        principal = None
+        if not endpoint.public:
+            principal = await authenticate(request)
+            if principal.role not in endpoint.roles:
+                raise forbidden(f"a {principal.role} cannot {endpoint.summary.lower()}")
+        raw_body = await request.read()
+        body: Any = None
+        if body_decoder is not None:
+            body = _decode_body(request, body_decoder, raw_body)
+        query: Any = _decode_query(request, endpoint.query) if endpoint.query else None
+        call: Call[Any, Any] = Call(request, principal, body, query)
+        key = request.headers.get("Idempotency-Key")
+        if endpoint.method == "POST" and key is not None:
+            subject = principal.subject if principal else "anonymous"
+            return await idempotency.run_once(
+                request.app[DB_POOL],
+                subject=subject,
+                key=key,
+                fingerprint=idempotency.fingerprint(request.method, request.path, raw_body),
+                respond=lambda conn: _respond(endpoint, call, conn),
+            )
+        return await _respond(endpoint, call, None)
+
+    return handle
+
+
+async def _respond(
+    endpoint: Endpoint, call: Call[Any, Any], conn: Connection | None
+) -> web.Response:
+    call._bound_connection = conn
+    reply = await endpoint.handler(call)
+    if isinstance(reply, Reply):
+        status, body, headers = reply.status, reply.body, reply.headers
+    else:
+        status, body, headers = endpoint.status, reply, {}
+    if body is None:
+        return web.Response(status=status, headers=headers)
+    return web.Response(
+        status=status, body=_encoder.encode(body), content_type="application/json", headers=headers
+    )
+
+
+def _decode_body(request: web.Request, decoder: msgspec.json.Decoder[Any], raw_body: bytes) -> Any:
+    content_type = request.headers.get("Content-Type")
+    if content_type is not None and request.content_type not in _JSON_TYPES:
+        raise HTTPProblem(
+            415, "Unsupported media type", f"send application/json, not {request.content_type}"
+        )
+    if not raw_body:
+        raise bad_request("the request needs a JSON body")
+    try:
+        return decoder.decode(raw_body)
+    except msgspec.ValidationError as exc:
+        raise from_validation_error(exc) from None
+    except msgspec.DecodeError as exc:
+        raise bad_request(f"the body is not valid JSON: {exc}") from None
+
+
+def _decode_query(request: web.Request, query_type: type) -> Any:
+    params: dict[str, str] = {}
+    for name in request.query:
+        values = request.query.getall(name)
+        if len(values) > 1:
+            raise from_validation_error(
+                msgspec.ValidationError(f"given more than once - at `$.{name}`"), "query"
+            )
+        params[name] = values[0]
+    try:
+        return msgspec.convert(params, type=query_type, strict=False)
+    except msgspec.ValidationError as exc:
+        raise from_validation_error(exc, "query") from None
+
+
+def openapi_document(api: Api, extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
+    types: list[Any] = [Problem]
+    for endpoint in api.endpoints:
+        types += [t for t in (endpoint.body, endpoint.response) if t is not None]
+    schemas, components = msgspec.json.schema_components(
+        types, ref_template="#/components/schemas/{name}"
+    )
+    ref_of = dict(zip(types, schemas, strict=True))
+    problem_ref = {PROBLEM_CONTENT_TYPE: {"schema": ref_of[Problem]}}
+    paths: dict[str, Any] = dict(extra_paths or {})
+    for endpoint in api.endpoints:
+        operation: dict[str, Any] = {
+            "summary": endpoint.summary,
+            "operationId": endpoint.handler.__name__,
+            "tags": [endpoint.tag],
+            "parameters": _parameters(endpoint),
+            "responses": {
+                str(endpoint.status): _success(endpoint, ref_of),
+                "default": {"description": "A problem (RFC 9457)", "content": problem_ref},
+            },
+            "security": [] if endpoint.public else [{"bearerAuth": []}],
+        }
+        if endpoint.body is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref_of[endpoint.body]}},
+            }
+        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": api.title, "version": api.version},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+    }
+
+
+def _success(endpoint: Endpoint, ref_of: dict[Any, Any]) -> dict[str, Any]:
+    if endpoint.response is None:
+        return {"description": "Done"}
+    return {
+        "description": endpoint.summary,
+        "content": {"application/json": {"schema": ref_of[endpoint.response]}},
+    }
+
+
+def _parameters(endpoint: Endpoint) -> list[dict[str, Any]]:
+    parameters: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _PATH_PARAM.findall(endpoint.path)
+    ]
+    if endpoint.query is not None:
+        for query_field in msgspec.structs.fields(endpoint.query):
+            parameters.append(
+                {
+                    "name": query_field.encode_name,
+                    "in": "query",
+                    "required": query_field.required,
+                    "schema": msgspec.json.schema(query_field.type),
+                }
+            )
+    if endpoint.method == "POST":
+        parameters.append(
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            }
+        )
+    return parameters

@@ -1,0 +1,154 @@
+"""The aiohttp application every service starts from."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shared import logs
+from shared.db import Pool
+from shared.http.api import DB_POOL, REVOCATIONS, VERIFIER, Api, RevocationCheck, openapi_document
+from shared.http.problems import HTTPProblem, problem_response
+from shared.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from shared.tokens import TokenVerifier
+
+log = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+READINESS = web.AppKey("readiness_checks", list[tuple[str, ReadinessCheck]])
+
+CORRELATION_HEADER = "X-Correlation-Id"
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+_STATUS_TITLES = {
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Request body too large",
+    415: "Unsupported media type",
+}
+
+
+async def _never_revoked(_: Any) -> bool:
+    return False
+
+
+def create_app(
+    *,
+    api: Api,
+    pool: Pool,
+    verifier: TokenVerifier,
+    readiness: Sequence[tuple[str, ReadinessCheck]],
+    revocations: RevocationCheck = _never_revoked,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> web.Application:
+    app = web.Application(middlewares=[_observe], client_max_size=max_body_bytes)
+    app[DB_POOL] = pool
+    app[VERIFIER] = verifier
+    app[REVOCATIONS] = revocations
+    app[READINESS] = list(readiness)
+    document = msgspec.json.encode(openapi_document(api, _operational_paths()))
+    api.install(app)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+
+    async def openapi(_: web.Request) -> web.Response:
+        return web.Response(body=document, content_type="application/json")
+
+    app.router.add_get("/openapi.json", openapi)
+    return app
+
+
+@web.middleware
+async def _observe(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Correlation id, metrics and the one place where errors become problems."""
+    correlation = request.headers.get(CORRELATION_HEADER) or uuid.uuid4().hex
+    token = logs.correlation_id.set(correlation[:128])
+    started = time.perf_counter()
+    try:
+        response = await _as_problem(request, handler)
+    finally:
+        logs.correlation_id.reset(token)
+    route = request.match_info.route.resource
+    route_name = route.canonical if route is not None else "unmatched"
+    HTTP_REQUESTS.labels(route_name, request.method, str(response.status)).inc()
+    HTTP_LATENCY.labels(route_name, request.method).observe(time.perf_counter() - started)
+    response.headers[CORRELATION_HEADER] = correlation[:128]
+    return response
+
+
+async def _as_problem(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HTTPProblem as problem:
+        return problem_response(problem)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        title = _STATUS_TITLES.get(exc.status, exc.reason)
+        detail = exc.reason if exc.status != 413 else "the request body is larger than allowed"
+        return problem_response(HTTPProblem(exc.status, title, detail, headers=_allow(exc)))
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path, "method": request.method})
+        return problem_response(
+            HTTPProblem(500, "Internal error", "the service failed; it has been logged")
+        )
+
+
+def _allow(exc: web.HTTPException) -> dict[str, str]:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else {}
+
+
+async def _healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    failures: dict[str, str] = {}
+    for name, check in request.app[READINESS]:
+        try:
+            await check()
+        except Exception as exc:
+            failures[name] = type(exc).__name__
+    if failures:
+        return web.json_response({"status": "unavailable", "failing": failures}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def _metrics(_: web.Request) -> web.Response:
+    response = web.Response(body=generate_latest())
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+def _operational_paths() -> dict[str, Any]:
+    def plain(summary: str, codes: tuple[str, ...], media: str) -> dict[str, Any]:
+        return {
+            "get": {
+                "summary": summary,
+                "tags": ["operations"],
+                "security": [],
+                "responses": {
+                    code: {"description": summary, "content": {media: {}}} for code in codes
+                },
+            }
+        }
+
+    return {
+        "/healthz": plain("Process alive", ("200",), "application/json"),
+        "/readyz": plain("Database and Kafka reachable", ("200", "503"), "application/json"),
+        "/metrics": plain("Prometheus metrics", ("200",), "text/plain"),
+        "/openapi.json": plain("This document", ("200",), "application/json"),
+    }

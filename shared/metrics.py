@@ -1,0 +1,25 @@
+"""Prometheus metrics every service exposes on ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_REQUESTS = Counter(
+    "http_requests_total", "HTTP requests answered", ["route", "method", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+OUTBOX_PUBLISHED = Counter("outbox_events_published_total", "Outbox events acknowledged by Kafka")
+OUTBOX_UNSENT = Gauge(
+    "outbox_unsent_events", "Outbox rows seen unsent at the relay's last empty pass"
+)
+EVENTS_CONSUMED = Counter(
+    "events_consumed_total", "Events handled by a consumer", ["consumer", "outcome"]
+)
+EVENTS_DEAD_LETTERED = Counter(
+    "events_dead_lettered_total", "Messages sent to a dead-letter topic", ["consumer", "topic"]
+)

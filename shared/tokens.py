@@ -1,0 +1,110 @@
+"""Signed bearer tokens: issued by the catalog, verified locally by every service.
+
+Tokens are Ed25519-signed JWTs.  Only the catalog holds the private key;
+every service holds the public key and verifies without a network call.
+``gen`` is the subject's token generation: rotating a token raises the
+generation, and a service that knows the current generation (the catalog from
+its tables, others from the ``catalog.accounts`` topic) refuses older tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal, cast
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from shared.ids import new_id
+from shared.settings import Secret
+
+Role = Literal["operator", "partner", "customer"]
+ROLES: frozenset[str] = frozenset({"operator", "partner", "customer"})
+ISSUER = "partner-marketplace"
+OPERATOR_SUBJECT = "operator"
+
+
+class InvalidToken(Exception):
+    """Why a token was refused; the reason is safe to show, the token never is."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    subject: str
+    role: Role
+    generation: int = 0
+
+
+class TokenIssuer:
+    def __init__(self, private_key_pem: bytes, *, ttl: timedelta) -> None:
+        key = serialization.load_pem_private_key(private_key_pem, password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError("the token signing key must be an Ed25519 private key")
+        self._key = key
+        self._ttl = ttl
+
+    def issue(
+        self, subject: str, role: Role, generation: int, *, now: datetime | None = None
+    ) -> str:
+        issued_at = now or datetime.now(UTC)
+        claims = {
+            "iss": ISSUER,
+            "sub": subject,
+            "role": role,
+            "gen": generation,
+            "iat": int(issued_at.timestamp()),
+            "exp": int((issued_at + self._ttl).timestamp()),
+            "jti": new_id("tok"),
+        }
+        return jwt.encode(claims, self._key, algorithm="EdDSA")
+
+
+class TokenVerifier:
+    def __init__(self, public_key_pem: bytes, operator_token: Secret) -> None:
+        key = serialization.load_pem_public_key(public_key_pem)
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError("the token public key must be an Ed25519 public key")
+        self._key = key
+        # Compared by digest in constant time, so the configured token is never
+        # held in a form that a timing difference or a stray repr could reveal.
+        self._operator_digest = hashlib.sha256(operator_token.reveal().encode()).digest()
+
+    def verify(self, token: str) -> Principal:
+        digest = hashlib.sha256(token.encode()).digest()
+        if hmac.compare_digest(digest, self._operator_digest):
+            return Principal(OPERATOR_SUBJECT, "operator")
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=["EdDSA"],
+                issuer=ISSUER,
+                options={"require": ["exp", "iat", "sub", "iss"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("the token has expired") from None
+        except jwt.PyJWTError:
+            raise InvalidToken("the token is not valid") from None
+        role = claims.get("role")
+        generation = claims.get("gen", 0)
+        if role not in ("partner", "customer") or not isinstance(generation, int):
+            raise InvalidToken("the token is not valid")
+        return Principal(str(claims["sub"]), cast(Role, role), generation)
+
+
+def generate_keypair() -> tuple[bytes, bytes]:
+    """A fresh Ed25519 key pair as (private PEM, public PEM)."""
+    private = Ed25519PrivateKey.generate()
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private_pem, public_pem
