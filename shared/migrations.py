@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
+from shared.db import Connection
 
 PLUMBING_MIGRATIONS = Path(__file__).parent / "sql"
 
@@ -54,7 +54,7 @@ def discover(namespace: str, directory: Path) -> list[Migration]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection, sources: list[tuple[str, Path]]) -> list[str]:
+async def migrate(conn: Connection, sources: list[tuple[str, Path]]) -> list[str]:
     """Apply what is missing; return the names of the migrations applied now."""
     applied_now: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
@@ -78,9 +78,7 @@ async def migrate(conn: asyncpg.Connection, sources: list[tuple[str, Path]]) -> 
     return applied_now
 
 
-async def _apply_source(
-    conn: asyncpg.Connection, namespace: str, migrations: list[Migration]
-) -> list[str]:
+async def _apply_source(conn: Connection, namespace: str, migrations: list[Migration]) -> list[str]:
     rows = await conn.fetch(
         "SELECT version, checksum FROM schema_migrations WHERE namespace = $1", namespace
     )

@@ -52,6 +52,7 @@ __all__ = [
     "kafka_status",
     "port_open",
     "postgres_status",
+    "remove_state",
     "start_kafka",
     "start_postgres",
     "stop_kafka",
@@ -380,6 +381,7 @@ def _jvm_args(heap_mb: int, kdir: Path) -> list[str]:
         "-XX:+UseSerialGC",
         "-XX:TieredStopAtLevel=1",
         "-XX:+ExitOnOutOfMemoryError",
+        "-XX:-UsePerfData",  # no /tmp/hsperfdata_<user> files
         "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
         f"-Dkafka.logs.dir={kdir}",
@@ -762,16 +764,53 @@ def stop_postgres(state_dir: Path, timeout: float = 60.0) -> bool:
     return True
 
 
+def remove_state(state_dir: Path) -> None:
+    """Stop both servers of state_dir and delete all their files.
+
+    This includes the folders outside state_dir that a root run may have used
+    (the relocated cluster and a short socket folder under /tmp).
+    """
+    stop_kafka(state_dir)
+    stop_postgres(state_dir)
+    root = _pg_root(state_dir)
+    shutil.rmtree(_socket_dir(root), ignore_errors=True)
+    if root != state_dir.resolve() / "postgres":
+        shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(state_dir, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- CLI
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """Fail before starting anything if a port is held by a process that is not ours."""
+    state: Path = args.state_dir
+    wanted: list[tuple[int, str]] = []
+    if kafka_status(state) is None:
+        wanted += [(args.kafka_port, "Kafka"), (args.kafka_controller_port, "Kafka controller")]
+    if postgres_status(state) is None:
+        wanted.append((args.pg_port, "PostgreSQL"))
+    for port, what in wanted:
+        if port_open(port):
+            raise PortInUseError(
+                f"port {port} (for {what}) is already used by another process; "
+                f"stop that process or pick another port (see --help)"
+            )
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
     state: Path = args.state_dir
+    _preflight(args)
     t0 = time.monotonic()
     lib = ensure_kafka_jars()
     t_jars = time.monotonic()
     launch = _launch_kafka(state, args.kafka_port, args.kafka_controller_port, args.kafka_heap_mb)
-    pg = start_postgres(state, args.pg_port, durable=args.durable, databases=DATABASES)
+    try:
+        pg = start_postgres(state, args.pg_port, durable=args.durable, databases=DATABASES)
+    except BaseException:
+        if launch.log_offset is not None:  # started by this call: do not leave it half up
+            launch.server.stop(timeout=30)
+        raise
     t_pg = time.monotonic()
     kafka = _await_kafka(launch)
     t_kafka = time.monotonic()

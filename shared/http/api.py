@@ -81,6 +81,15 @@ class Call(Generic[B, Q]):
         return self.principal
 
     @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """A connection for reads that need no transaction of their own."""
+        if self._bound_connection is not None:
+            yield self._bound_connection
+            return
+        async with self.request.app[DB_POOL].acquire() as conn:
+            yield conn
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         """The request's unit of work.
 

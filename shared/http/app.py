@@ -14,8 +14,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared import logs
 from shared.db import Pool
+from shared.errors import Conflict, DomainError, NotAllowed, NotFound, RuleViolated
 from shared.http.api import DB_POOL, REVOCATIONS, VERIFIER, Api, RevocationCheck, openapi_document
-from shared.http.problems import HTTPProblem, problem_response
+from shared.http.problems import FieldError, HTTPProblem, problem_response
 from shared.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from shared.tokens import TokenVerifier
 
@@ -93,6 +94,8 @@ async def _as_problem(
         return await handler(request)
     except HTTPProblem as problem:
         return problem_response(problem)
+    except DomainError as refusal:
+        return problem_response(problem_of(refusal))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -104,6 +107,24 @@ async def _as_problem(
         return problem_response(
             HTTPProblem(500, "Internal error", "the service failed; it has been logged")
         )
+
+
+def problem_of(refusal: DomainError) -> HTTPProblem:
+    if isinstance(refusal, NotFound):
+        return HTTPProblem(404, "Not found", str(refusal))
+    if isinstance(refusal, Conflict):
+        return HTTPProblem(409, "Conflict", str(refusal))
+    if isinstance(refusal, NotAllowed):
+        return HTTPProblem(403, "Forbidden", str(refusal))
+    if isinstance(refusal, RuleViolated):
+        return HTTPProblem(
+            422,
+            "Validation failed",
+            str(refusal),
+            errors=[FieldError(v.field, v.message) for v in refusal.violations],
+            slug="validation-failed",
+        )
+    return HTTPProblem(400, "Refused", str(refusal))
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str]:

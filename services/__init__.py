@@ -1,0 +1,1 @@
+"""The three marketplace services; none imports another."""

@@ -1,0 +1,1 @@
+"""Catalog: partners, customers, co-sell agreements and offerings."""

@@ -1,0 +1,63 @@
+"""``python -m services.catalog``: partners, customers, agreements and offerings."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from services.catalog import handlers
+from services.catalog.http import CatalogHttp, build_api, utc_now
+from shared.contracts import catalog_accounts, catalog_agreements, catalog_offerings
+from shared.db import unit_of_work
+from shared.runtime import Periodic
+from shared.service import Compose, Composition, Runtime, ServiceSettings, main
+from shared.settings import read_key_file
+from shared.tokens import Principal, TokenIssuer
+
+TOPICS = (catalog_accounts.TOPIC, catalog_agreements.TOPIC, catalog_offerings.TOPIC)
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class CatalogSettings(ServiceSettings, kw_only=True):
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/catalog"
+    http_port: int = 8081
+    token_signing_key_file: Path
+    token_ttl_days: int = 90
+    agreement_expiry_check_seconds: float = 30.0
+
+
+def composer(settings: CatalogSettings) -> Compose:
+    async def compose(runtime: Runtime) -> Composition:
+        issuer = TokenIssuer(
+            read_key_file(settings.token_signing_key_file),
+            ttl=timedelta(days=settings.token_ttl_days),
+        )
+
+        async def superseded(principal: Principal) -> bool:
+            async with runtime.pool.acquire() as conn:
+                return await handlers.token_superseded(conn, principal)
+
+        async def expire_agreements() -> None:
+            # Batches of 100 keep each transaction short; loop until none is due.
+            while True:
+                async with unit_of_work(runtime.pool) as conn:
+                    if await handlers.expire_due_agreements(conn, utc_now()) < 100:
+                        return
+
+        return Composition(
+            api=build_api(CatalogHttp(issuer=issuer)),
+            loops=[
+                Periodic(
+                    "expire-agreements",
+                    settings.agreement_expiry_check_seconds,
+                    expire_agreements,
+                )
+            ],
+            revocations=superseded,
+        )
+
+    return compose
+
+
+if __name__ == "__main__":
+    main("catalog", CatalogSettings, migrations=MIGRATIONS, topics=TOPICS, composer=composer)

@@ -1,0 +1,1 @@
+"""Orders: customers order offerings; partners fulfil their parts; the saga decides."""

@@ -1,0 +1,31 @@
+"""``python -m services.orders``: the orders service.
+
+Its business endpoints arrive with the orders issue; today it runs the shared
+plumbing: its own database and migrations, the outbox relay, health, metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.http.api import Api
+from shared.service import Composition, Runtime, ServiceSettings, main
+
+
+class OrdersSettings(ServiceSettings, kw_only=True):
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/orders"
+    http_port: int = 8082
+
+
+async def compose(_: Runtime) -> Composition:
+    return Composition(api=Api("Partner marketplace: orders"))
+
+
+if __name__ == "__main__":
+    main(
+        "orders",
+        OrdersSettings,
+        migrations=Path(__file__).parent / "migrations",
+        topics=(),
+        composer=lambda _: compose,
+    )

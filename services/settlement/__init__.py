@@ -1,0 +1,1 @@
+"""Settlement: the double-entry ledger, partner payouts and bank reconciliation."""
