@@ -42,11 +42,16 @@ def _new_topic(name: str, partitions: int, compacted: bool) -> NewTopic:
     )
 
 
-def topic_specs(topics: Iterable[Topic]) -> list[NewTopic]:
+def topic_specs(topics: Iterable[Topic], prefix: str = "") -> list[NewTopic]:
+    """Specs for the topics and their dead-letter topics.
+
+    ``prefix`` namespaces a whole deployment on a shared cluster ("staging."),
+    and keeps concurrent test runs apart; contracts keep the bare names.
+    """
     specs: list[NewTopic] = []
     for topic in topics:
-        specs.append(_new_topic(topic.name, topic.partitions, topic.compacted))
-        specs.append(_new_topic(topic.dead_letter, 1, compacted=False))
+        specs.append(_new_topic(prefix + topic.name, topic.partitions, topic.compacted))
+        specs.append(_new_topic(prefix + topic.dead_letter, 1, compacted=False))
     return specs
 
 

@@ -87,8 +87,10 @@ class OutboxRelay:
         *,
         batch_size: int = 500,
         idle_poll_seconds: float = 1.0,
+        topic_prefix: str = "",
     ) -> None:
         self._pool = pool
+        self._topic_prefix = topic_prefix
         self._producer = producer
         self._batch_size = batch_size
         self._idle_poll_seconds = idle_poll_seconds
@@ -151,7 +153,7 @@ class OutboxRelay:
             for row in rows:
                 deliveries.append(
                     await self._producer.send(
-                        row["topic"],
+                        self._topic_prefix + row["topic"],
                         value=row["payload"],
                         key=row["key"].encode(),
                         headers=kafka_headers(row["event_type"], row["event_id"]),

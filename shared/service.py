@@ -40,6 +40,7 @@ class ServiceSettings(msgspec.Struct, kw_only=True):
     token_public_key_file: Path
     http_host: str = "127.0.0.1"
     kafka_bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
     log_level: str = "INFO"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     db_pool_size: int = 10
@@ -52,6 +53,7 @@ class Runtime:
     """The connections a service's own code is built from."""
 
     name: str
+    settings: ServiceSettings
     pool: db.Pool
     producer: AIOKafkaProducer
     verifier: TokenVerifier
@@ -108,8 +110,12 @@ async def run_service(
         if applied:
             log.info("migrations applied", extra={"migrations": applied})
         await _retry_until("Kafka", settings.startup_timeout_seconds, producer.start)
-        await kafka.ensure_topics(settings.kafka_bootstrap, kafka.topic_specs(topics))
-        runtime = Runtime(name=name, pool=pool, producer=producer, verifier=verifier)
+        await kafka.ensure_topics(
+            settings.kafka_bootstrap, kafka.topic_specs(topics, settings.topic_prefix)
+        )
+        runtime = Runtime(
+            name=name, settings=settings, pool=pool, producer=producer, verifier=verifier
+        )
         composition = await compose(runtime)
         app = create_app(
             api=composition.api,
@@ -123,7 +129,7 @@ async def run_service(
             **({"revocations": composition.revocations} if composition.revocations else {}),
         )
         loops: list[BackgroundLoop] = [
-            OutboxRelay(pool, producer),
+            OutboxRelay(pool, producer, topic_prefix=settings.topic_prefix),
             Periodic("sweep-idempotency-keys", 3600, lambda: idempotency.sweep_expired(pool)),
             *composition.loops,
         ]

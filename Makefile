@@ -1,0 +1,38 @@
+# One target per thing a developer does. `make run` and `make test` are the two
+# set-up commands of the README: each installs what it needs first.
+.PHONY: deps run stop status test lint typecheck test-unit test-integration test-e2e bench
+
+deps:
+	@bash deploy/local/prerequisites.sh
+
+run: deps
+	uv run python deploy/local/marketplace.py up
+
+stop:
+	uv run python deploy/local/marketplace.py down
+
+status:
+	uv run python deploy/local/marketplace.py status
+
+lint: deps
+	uv run ruff check .
+	uv run ruff format --check .
+
+typecheck: deps
+	uv run mypy .
+
+test-unit: deps
+	uv run pytest tests/unit
+
+test-integration: deps
+	uv run pytest tests/integration
+
+test-e2e: deps
+	uv run pytest tests/e2e
+
+# The whole suite: static checks, then every test level in one pytest run.
+test: lint typecheck
+	uv run pytest
+
+bench: deps
+	uv run python -m bench.catalog_browse
