@@ -9,6 +9,7 @@ import msgspec
 
 from shared.contracts.catalog_accounts import PartnerKind
 from shared.contracts.catalog_agreements import AgreementStatus
+from shared.contracts.catalog_offerings import ComponentState
 from shared.contracts.pricing import Pricing
 from shared.http.fields import (
     AwareDatetime,
@@ -119,16 +120,6 @@ class PatchOffering(_Request, frozen=True, forbid_unknown_fields=True):
     components: Components | msgspec.UnsetType = msgspec.UNSET
 
 
-class ComponentView(msgspec.Struct, frozen=True):
-    partner_id: str
-    partner_kind: PartnerKind
-    role: PartnerKind
-    name: str
-    pricing: Pricing
-    agreement_id: str | None
-    share_bps: int
-
-
 class OfferingView(msgspec.Struct, frozen=True):
     id: str
     owner_id: str
@@ -139,7 +130,8 @@ class OfferingView(msgspec.Struct, frozen=True):
     name: str
     description: str
     currency: str
-    components: list[ComponentView]
+    # The same shape the offering events carry: one definition of a priced component.
+    components: list[ComponentState]
     created_at: datetime
     changed_at: datetime
     published_at: datetime | None

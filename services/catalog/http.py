@@ -15,7 +15,6 @@ from services.catalog.api import (
     AgreementView,
     BrowseOfferings,
     ComponentInput,
-    ComponentView,
     CreateAgreement,
     CreateCustomer,
     CreateOffering,
@@ -365,18 +364,7 @@ def _offering_view(offering: Offering) -> OfferingView:
         name=offering.content.name,
         description=offering.content.description,
         currency=offering.content.currency,
-        components=[
-            ComponentView(
-                partner_id=c.partner_id,
-                partner_kind=c.partner_kind,
-                role=c.role,
-                name=c.name,
-                pricing=c.pricing,
-                agreement_id=c.agreement_id,
-                share_bps=c.share_bps,
-            )
-            for c in offering.components
-        ],
+        components=list(offering.components),
         created_at=offering.created_at,
         changed_at=offering.changed_at,
         published_at=offering.published_at,
