@@ -111,7 +111,7 @@ class OutboxRelay:
             except TRANSIENT_DB_ERRORS as exc:
                 log.warning("outbox relay pass failed, retrying", extra={"error": repr(exc)})
                 if listener is not None:
-                    await self._pool.release(listener)
+                    await self._release(listener)
                     listener = None
                 await self._sleep(1.0)
                 continue
@@ -123,12 +123,20 @@ class OutboxRelay:
             if published < self._batch_size:
                 await self._sleep(self._idle_poll_seconds)
         if listener is not None:
-            await self._pool.release(listener)
+            await self._release(listener)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _release(self, listener: PoolConnectionProxy[asyncpg.Record]) -> None:
+        with contextlib.suppress(Exception):  # the connection may be gone with the server
+            await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+        await self._pool.release(listener)
 
     async def _listen(self) -> PoolConnectionProxy[asyncpg.Record]:
         # A connection of its own for as long as it lives: LISTEN outlives transactions.
         listener = await self._pool.acquire()
-        await listener.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+        await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
         return listener
 
     async def _sleep(self, seconds: float) -> None:

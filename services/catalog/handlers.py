@@ -196,11 +196,15 @@ async def visible_agreement(conn: Connection, actor: Principal, agreement_id: st
 async def revoke_agreement(
     conn: Connection, actor: Principal, agreement_id: str, now: datetime
 ) -> Agreement:
-    agreement = await store.agreement(conn, agreement_id, for_update=True)
-    if agreement is None or not can_see_agreement(actor, agreement):
+    seen = await store.agreement(conn, agreement_id)
+    if seen is None or not can_see_agreement(actor, seen):
         raise NotFound(f"agreement {agreement_id}")
-    if actor.subject != agreement.grantor_id:
+    if actor.subject != seen.grantor_id:
         raise NotAllowed("only the grantor can revoke an agreement")
+    await store.lock_offerings_naming(conn, [agreement_id])
+    agreement = await store.agreement(conn, agreement_id, for_update=True)
+    if agreement is None:  # agreements are never deleted; kept for the type checker's sake
+        raise NotFound(f"agreement {agreement_id}")
     revoked = agreement.revoked(now)
     await store.update_agreement_status(conn, revoked)
     await _publish_agreement(conn, AgreementRevoked(agreement=_agreement_state(revoked)))
@@ -273,7 +277,7 @@ async def _checked_components(
     if owner is None:
         raise NotFound(f"partner {owner_id}")
     agreement_ids = [c.agreement_id for c in content.components if c.agreement_id]
-    agreements = await store.agreements(conn, agreement_ids)
+    agreements = await store.agreements(conn, agreement_ids, for_share=True)
     return domain.check_content(owner, content, partners, agreements, now)
 
 

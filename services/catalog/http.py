@@ -282,7 +282,8 @@ def build_api(deps: CatalogHttp) -> Api:
     async def get_offering_version(call: Call[None, None]) -> OfferingView:
         offering_id = _path_id(call, "offering_id", "offering")
         raw_version = call.path("version")
-        if not raw_version.isdigit() or len(raw_version) > 9:
+        # isdigit() alone admits non-ASCII digits such as "²", which int() refuses.
+        if not (raw_version.isascii() and raw_version.isdigit()) or len(raw_version) > 9:
             raise NotFound(f"version {raw_version[:16]} of offering {offering_id}")
         async with call.connection() as conn:
             offering = await handlers.visible_offering(

@@ -167,9 +167,12 @@ async def agreement(
     return _agreement(row) if row else None
 
 
-async def agreements(conn: Connection, ids: Iterable[str]) -> dict[str, Agreement]:
+async def agreements(
+    conn: Connection, ids: Iterable[str], *, for_share: bool = False
+) -> dict[str, Agreement]:
+    lock = " ORDER BY id FOR SHARE" if for_share else ""
     rows = await conn.fetch(
-        f"SELECT {_AGREEMENT_COLUMNS} FROM agreements WHERE id = ANY($1)", list(set(ids))
+        f"SELECT {_AGREEMENT_COLUMNS} FROM agreements WHERE id = ANY($1){lock}", list(set(ids))
     )
     return {row["id"]: _agreement(row) for row in rows}
 
@@ -189,15 +192,35 @@ async def agreements_of_partner(
 
 
 async def agreements_due_to_expire(conn: Connection, now: datetime, limit: int) -> list[Agreement]:
-    # SKIP LOCKED: two catalog replicas sweeping at once share the work, never block.
-    rows = await conn.fetch(
-        f"SELECT {_AGREEMENT_COLUMNS} FROM agreements"
-        " WHERE status = 'active' AND expires_at <= $1"
-        " ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+    ids = await conn.fetch(
+        "SELECT id FROM agreements WHERE status = 'active' AND expires_at <= $1"
+        " ORDER BY expires_at LIMIT $2",
         now,
         limit,
     )
+    await lock_offerings_naming(conn, [row["id"] for row in ids])
+    # SKIP LOCKED: two catalog replicas sweeping at once share the work, never block.
+    rows = await conn.fetch(
+        f"SELECT {_AGREEMENT_COLUMNS} FROM agreements"
+        " WHERE id = ANY($1) AND status = 'active' AND expires_at <= $2"
+        " ORDER BY id FOR UPDATE SKIP LOCKED",
+        [row["id"] for row in ids],
+        now,
+    )
     return [_agreement(row) for row in rows]
+
+
+async def lock_offerings_naming(conn: Connection, agreement_ids: list[str]) -> None:
+    """Lock every offering naming one of the agreements, drafts included.
+
+    Whoever changes both takes the offerings first and the agreements second
+    (publishing locks its offering, then shares its agreements), so a
+    revocation and a publish wait for each other instead of deadlocking.
+    """
+    await conn.execute(
+        "SELECT id FROM offerings WHERE agreement_ids && $1::text[] ORDER BY id FOR UPDATE",
+        agreement_ids,
+    )
 
 
 # Offerings

@@ -26,6 +26,7 @@ from shared.http.problems import (
     bad_request,
     forbidden,
     from_validation_error,
+    invalid,
     unauthorized,
 )
 from shared.tokens import InvalidToken, Principal, Role, TokenVerifier
@@ -194,7 +195,7 @@ def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[we
                 request.app[DB_POOL],
                 subject=subject,
                 key=key,
-                fingerprint=idempotency.fingerprint(request.method, request.path, raw_body),
+                fingerprint=idempotency.fingerprint(request.method, request.path_qs, raw_body),
                 respond=lambda conn: _respond(endpoint, call, conn),
             )
         return await _respond(endpoint, call, None)
@@ -227,11 +228,36 @@ def _decode_body(request: web.Request, decoder: msgspec.json.Decoder[Any], raw_b
     if not raw_body:
         raise bad_request("the request needs a JSON body")
     try:
-        return decoder.decode(raw_body)
+        body = decoder.decode(raw_body)
     except msgspec.ValidationError as exc:
         raise from_validation_error(exc) from None
     except msgspec.DecodeError as exc:
         raise bad_request(f"the body is not valid JSON: {exc}") from None
+    if b"\\u0000" in raw_body:  # JSON can only carry NUL escaped
+        where = _nul_at(msgspec.json.decode(raw_body))
+        if where is not None:
+            raise invalid(where or "body", "must not contain NUL characters")
+    return body
+
+
+def _nul_at(value: Any, path: str = "") -> str | None:
+    """The path of the first string (or key) holding NUL, as ``field_of`` names fields."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return where
+            found = _nul_at(item, where)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_at(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _decode_query(request: web.Request, query_type: type) -> Any:
@@ -242,6 +268,8 @@ def _decode_query(request: web.Request, query_type: type) -> Any:
             raise from_validation_error(
                 msgspec.ValidationError(f"given more than once - at `$.{name}`"), "query"
             )
+        if "\x00" in values[0]:
+            raise invalid(f"query.{name}", "must not contain NUL characters")
         params[name] = values[0]
     try:
         return msgspec.convert(params, type=query_type, strict=False)

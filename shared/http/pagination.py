@@ -24,6 +24,8 @@ def decode_cursor(cursor: str) -> list[Any]:
         position = msgspec.json.decode(base64.urlsafe_b64decode(padded), type=list[Any])
     except (binascii.Error, msgspec.DecodeError, ValueError):
         raise _bad_cursor() from None
+    if any(isinstance(value, str) and "\x00" in value for value in position):
+        raise _bad_cursor()  # PostgreSQL text cannot hold NUL
     return position
 
 
