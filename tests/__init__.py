@@ -1,0 +1,1 @@
+"""The marketplace's tests: unit (no I/O), integration (real PostgreSQL and Kafka), e2e."""
