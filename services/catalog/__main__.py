@@ -7,12 +7,13 @@ from pathlib import Path
 
 from services.catalog import handlers
 from services.catalog.http import CatalogHttp, build_api, utc_now
+from services.catalog.token_generations import TokenGenerations
 from shared.contracts import catalog_accounts, catalog_agreements, catalog_offerings
 from shared.db import unit_of_work
 from shared.runtime import Periodic
 from shared.service import Compose, Composition, Runtime, ServiceSettings, main
 from shared.settings import read_key_file
-from shared.tokens import Principal, TokenIssuer
+from shared.tokens import TokenIssuer
 
 TOPICS = (catalog_accounts.TOPIC, catalog_agreements.TOPIC, catalog_offerings.TOPIC)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -33,9 +34,7 @@ def composer(settings: CatalogSettings) -> Compose:
             ttl=timedelta(days=settings.token_ttl_days),
         )
 
-        async def superseded(principal: Principal) -> bool:
-            async with runtime.pool.acquire() as conn:
-                return await handlers.token_superseded(conn, principal)
+        generations = TokenGenerations(runtime.pool)
 
         async def expire_agreements() -> None:
             # Batches of 100 keep each transaction short; loop until none is due.
@@ -45,15 +44,16 @@ def composer(settings: CatalogSettings) -> Compose:
                         return
 
         return Composition(
-            api=build_api(CatalogHttp(issuer=issuer)),
+            api=build_api(CatalogHttp(issuer=issuer, token_rotated=generations.forget)),
             loops=[
+                generations,
                 Periodic(
                     "expire-agreements",
                     settings.agreement_expiry_check_seconds,
                     expire_agreements,
-                )
+                ),
             ],
-            revocations=superseded,
+            revocations=generations.superseded,
         )
 
     return compose

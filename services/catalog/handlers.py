@@ -102,6 +102,7 @@ async def rotate_partner_token(
     partner = await store.raise_partner_token_generation(conn, partner_id)
     if partner is None:
         raise NotFound(f"partner {partner_id}")
+    await store.announce_token_rotation(conn, partner_id)
     await outbox.append(
         conn,
         catalog_accounts.TOPIC,
@@ -120,6 +121,7 @@ async def rotate_customer_token(
     row = await store.raise_customer_token_generation(conn, customer_id)
     if row is None:
         raise NotFound(f"customer {customer_id}")
+    await store.announce_token_rotation(conn, customer_id)
     state = CustomerState(
         customer_id=row["id"],
         name=row["name"],
@@ -134,11 +136,6 @@ async def rotate_customer_token(
         producer=PRODUCER,
     )
     return issuer.issue(customer_id, "customer", state.token_generation, now=now)
-
-
-async def token_superseded(conn: Connection, principal: Principal) -> bool:
-    current = await store.token_generation(conn, principal.role, principal.subject)
-    return current is None or principal.generation < current
 
 
 def _partner_state(partner: Partner) -> PartnerState:

@@ -49,10 +49,15 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _ignore(_: str) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class CatalogHttp:
     issuer: TokenIssuer
     clock: Clock = utc_now
+    token_rotated: Callable[[str], None] = _ignore
 
 
 OPERATOR: frozenset[Role] = frozenset({"operator"})
@@ -109,6 +114,7 @@ def build_api(deps: CatalogHttp) -> Api:
             token = await handlers.rotate_partner_token(
                 conn, deps.issuer, call.caller, partner_id, deps.clock()
             )
+        deps.token_rotated(partner_id)
         return TokenIssued(token=token)
 
     @route(
@@ -147,6 +153,7 @@ def build_api(deps: CatalogHttp) -> Api:
             token = await handlers.rotate_customer_token(
                 conn, deps.issuer, call.caller, customer_id, deps.clock()
             )
+        deps.token_rotated(customer_id)
         return TokenIssued(token=token)
 
     @route(
