@@ -15,7 +15,6 @@ from tests.support.keys import TokenKeys
 from tests.support.processes import Processes, PythonProcess
 from tests.support.waiting import wait_for
 
-# Add "catalog" here once it runs on its own.
 SERVICES = ["catalog", "orders", "settlement"]
 
 # A clean stop (in-flight requests finished, offsets committed) is quick when idle.
@@ -52,6 +51,8 @@ async def test_the_services_start_ready_and_stop_cleanly_on_sigterm(
                 # Only the catalog signs tokens; the others never see the private key.
                 "CATALOG_TOKEN_SIGNING_KEY_FILE": str(token_keys.private_key_file),
                 f"{prefix}_STARTUP_TIMEOUT_SECONDS": "30",
+                # The most talkative level: a secret must not reach the log even here.
+                "MARKETPLACE_LOG_LEVEL": "DEBUG",
             }
             process = processes.start(f"services.{name}", env=env, name=name)
             running.append(RunningService(name, process, f"http://127.0.0.1:{port}"))
@@ -76,6 +77,7 @@ async def test_the_services_start_ready_and_stop_cleanly_on_sigterm(
                 except AssertionError as exc:
                     raise AssertionError(f"{exc}\n{service.process.log()}") from None
                 assert await status_of(session, f"{service.base_url}/healthz") == 200
+            issued_token = await onboard_partner(session, running[0], token_keys.operator_token)
 
         started = time.monotonic()
         for service in running:
@@ -85,4 +87,21 @@ async def test_the_services_start_ready_and_stop_cleanly_on_sigterm(
             assert code == 0, f"{service.name} exited with {code}:\n{service.process.log()}"
         assert time.monotonic() - started < PROMPT_EXIT_SECONDS
         for service in running:
-            assert '"stopped"' in service.process.log(), service.process.log()
+            log = service.process.log(last_lines=100_000)
+            assert '"stopped"' in log, log
+            assert token_keys.operator_token not in log, f"{service.name} logged a secret"
+            assert issued_token not in log, f"{service.name} logged an issued token"
+
+
+async def onboard_partner(
+    session: aiohttp.ClientSession, catalog: RunningService, operator_token: str
+) -> str:
+    """A real request that carries one secret in and one out, so logs can be checked for both."""
+    async with session.post(
+        f"{catalog.base_url}/v1/partners",
+        json={"name": "Log check", "kind": "isv"},
+        headers={"Authorization": f"Bearer {operator_token}", "Idempotency-Key": "e2e-1"},
+    ) as response:
+        assert response.status == 201, await response.text()
+        token: str = (await response.json())["token"]
+    return token
