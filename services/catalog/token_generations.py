@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from services.catalog import store
-from shared.db import Pool
+from shared.db import Connection, Pool
 from shared.tokens import Principal
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,8 @@ class TokenGenerations:
         for role in ("partner", "customer"):
             self._current.pop((role, subject), None)
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, subject: str) -> None:
-        self.forget(subject)
+    def _on_notify(self, _conn: Connection, _pid: int, _channel: str, subject: object, /) -> None:
+        self.forget(str(subject))
 
     def stop(self) -> None:
         self._stopping.set()
@@ -77,7 +77,7 @@ class TokenGenerations:
     async def _listen_until_stopped_or_lost(self) -> None:
         conn = await self._pool.acquire()
         try:
-            await conn.add_listener(ROTATED_CHANNEL, self._on_notify)  # type: ignore[arg-type]
+            await conn.add_listener(ROTATED_CHANNEL, self._on_notify)
             self._current.clear()
             self.listening.set()
             while not self._stopping.is_set() and not conn.is_closed():
@@ -87,5 +87,5 @@ class TokenGenerations:
         finally:
             self.listening.clear()
             with contextlib.suppress(Exception):
-                await conn.remove_listener(ROTATED_CHANNEL, self._on_notify)  # type: ignore[arg-type]
+                await conn.remove_listener(ROTATED_CHANNEL, self._on_notify)
             await self._pool.release(conn)
