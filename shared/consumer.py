@@ -134,9 +134,12 @@ class IdempotentConsumer:
 
     async def _handle(self, record: ConsumerRecord) -> None:
         try:
+            if record.value is None:
+                raise UnknownEvent("a tombstone (null value): no event to apply")
             envelope = decode_envelope(record.value)
             event = self._registry.decode(envelope)
-        except (msgspec.DecodeError, UnknownEvent) as exc:
+        except (msgspec.DecodeError, UnknownEvent, ValueError, TypeError, KeyError) as exc:
+            # Whatever fails while decoding (upcasters included) is this message's fault.
             await self._dead_letter(record, exc)
             return
         token = logs.correlation_id.set(envelope.correlation_id or envelope.event_id)

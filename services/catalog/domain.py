@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from shared.contracts.catalog_accounts import PartnerKind
@@ -71,6 +71,14 @@ def new_agreement(
     now: datetime,
 ) -> Agreement:
     violations: list[Violation] = []
+    if expires_at is not None:
+        try:
+            # Stored and shown in UTC; a date PostgreSQL cannot hold is the caller's error.
+            expires_at = expires_at.astimezone(UTC)
+            if expires_at.year > 9000:
+                raise OverflowError
+        except OverflowError:
+            raise RuleViolated.single("expires_at", "must be before the year 9000") from None
     if grantee is None:
         violations.append(Violation("grantee_id", f"no partner {grantee_id}"))
     elif grantee.id == grantor.id:

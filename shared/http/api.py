@@ -162,6 +162,8 @@ async def authenticate(request: web.Request) -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise unauthorized("send 'Authorization: Bearer <token>'")
+    if not token.isascii():  # tokens are ASCII; anything else could not even be hashed
+        raise unauthorized("the token is not valid")
     try:
         principal = request.app[VERIFIER].verify(token.strip())
     except InvalidToken as exc:
