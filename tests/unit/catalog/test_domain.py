@@ -628,3 +628,29 @@ def test_email_key_is_one_key_per_address(email: str, padding: str) -> None:
     assert email_key(email.swapcase()) == key
     assert email_key(padding + email.upper() + padding) == key
     assert email_key(key) == key
+
+
+def test_an_agreement_expiry_is_kept_in_utc_and_bounded() -> None:
+    from datetime import timezone
+
+    from services.catalog import domain as catalog_domain
+    from shared.errors import RuleViolated as Refused
+
+    joined = datetime(2026, 1, 1, tzinfo=UTC)
+    grantor = catalog_domain.Partner("ptn_a", "A", "isv", 1, joined)
+    grantee = catalog_domain.Partner("ptn_b", "B", "integrator", 1, joined)
+    local = datetime(2030, 1, 1, tzinfo=timezone(timedelta(hours=-5)))
+    made = catalog_domain.new_agreement(
+        agreement_id="agr_1", grantor=grantor, grantee=grantee, grantee_id="ptn_b",
+        role="isv", share_bps=5000, expires_at=local, now=joined,
+    )  # fmt: skip
+    assert made.expires_at == local
+    assert made.expires_at is not None
+    assert made.expires_at.utcoffset() == timedelta(0)
+    far = datetime(9999, 12, 31, 23, 59, tzinfo=timezone(timedelta(hours=-14)))
+    with pytest.raises(Refused) as refused:
+        catalog_domain.new_agreement(
+            agreement_id="agr_2", grantor=grantor, grantee=grantee, grantee_id="ptn_b",
+            role="isv", share_bps=5000, expires_at=far, now=joined,
+        )  # fmt: skip
+    assert [v.field for v in refused.value.violations] == ["expires_at"]
