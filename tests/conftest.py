@@ -18,15 +18,23 @@ run without any infrastructure):
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.support.infra import Infra, create_database, drop_database, provide_infra
 from tests.support.kafka import NewTopic, create_topic
 from tests.support.keys import TokenKeys, make_token_keys
 from tests.support.processes import Processes
+
+# Property tests explore new examples on a developer's machine, but CI replays
+# the same ones every run: a CI failure must be reproducible, never a dice roll.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")
