@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -31,25 +29,17 @@ from shared import logs
 from shared.contracts.envelope import Envelope, Event, EventRegistry, UnknownEvent, decode_envelope
 from shared.db import TRANSIENT_DB_ERRORS, Connection, Pool
 from shared.metrics import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED
+from shared.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Handler", "IdempotentConsumer", "PermanentError", "RetryPolicy"]
 
 Handler = Callable[[Connection, Envelope, Event], Awaitable[None]]
 
 
 class PermanentError(Exception):
     """The event can never be applied as it is: dead-letter it without retrying."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int = 5
-    first_backoff: float = 0.1
-    max_backoff: float = 5.0
-
-    def backoff(self, attempt: int) -> float:
-        ceiling: float = min(self.max_backoff, self.first_backoff * 2.0 ** (attempt - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 class _Stopping(Exception):

@@ -31,8 +31,12 @@ def new_producer(bootstrap: str, *, client_id: str) -> AIOKafkaProducer:
     )
 
 
-def _new_topic(name: str, partitions: int, compacted: bool) -> NewTopic:
+def _new_topic(
+    name: str, partitions: int, compacted: bool, retain_forever: bool = False
+) -> NewTopic:
     configs = {"cleanup.policy": "compact"} if compacted else {}
+    if retain_forever:
+        configs["retention.ms"] = "-1"
     if compacted:
         # Compact soon enough that a rebuild reads little more than the live state.
         configs["min.cleanable.dirty.ratio"] = "0.1"
@@ -50,7 +54,9 @@ def topic_specs(topics: Iterable[Topic], prefix: str = "") -> list[NewTopic]:
     """
     specs: list[NewTopic] = []
     for topic in topics:
-        specs.append(_new_topic(prefix + topic.name, topic.partitions, topic.compacted))
+        specs.append(
+            _new_topic(prefix + topic.name, topic.partitions, topic.compacted, topic.retain_forever)
+        )
         specs.append(_new_topic(prefix + topic.dead_letter, 1, compacted=False))
     return specs
 

@@ -46,6 +46,7 @@ async def append(
     key: str,
     producer: str,
     causation_id: str | None = None,
+    sequence: int | None = None,
 ) -> Envelope:
     if type(event) not in topic.events:
         raise TypeError(f"{type(event).__name__} does not belong on topic {topic.name}")
@@ -55,6 +56,7 @@ async def append(
         producer=producer,
         correlation_id=logs.correlation_id.get(),
         causation_id=causation_id,
+        sequence=sequence,
     )
     await conn.execute(
         "INSERT INTO outbox (event_id, topic, key, event_type, payload)"

@@ -14,6 +14,19 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 
+async def sleep_or_stop(stopping: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds`` unless ``stopping`` is set first; True means stop now.
+
+    The one way a background loop naps: it wakes at once on shutdown, so a
+    graceful stop never waits out a backoff.
+    """
+    if stopping.is_set():
+        return True
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)
+    return stopping.is_set()
+
+
 class BackgroundLoop(Protocol):
     async def run(self) -> None: ...
     def stop(self) -> None: ...
@@ -37,8 +50,7 @@ class Periodic:
                 await self._action()
             except Exception:
                 log.exception("periodic task failed", extra={"task": self.name})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
+            await sleep_or_stop(self._stopping, self._interval)
 
 
 async def serve(

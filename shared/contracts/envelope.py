@@ -29,6 +29,9 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     correlation_id: str | None = None
     causation_id: str | None = None
     payload: msgspec.Raw = msgspec.Raw(b"null")
+    # The aggregate's own sequence number (1, 2, 3 ... per key) when its topic
+    # promises per-key order; None on topics and older messages without one.
+    sequence: int | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ class Topic:
     key_description: str
     events: tuple[type[Event], ...]
     compacted: bool = False
+    # History a consumer rebuilds from (e.g. a ledger replayed from offset 0) is
+    # never deleted by time; compacted topics keep the latest state per key anyway.
+    retain_forever: bool = False
 
     @property
     def dead_letter(self) -> str:
@@ -63,6 +69,7 @@ def new_envelope(
     producer: str,
     correlation_id: str | None = None,
     causation_id: str | None = None,
+    sequence: int | None = None,
 ) -> Envelope:
     return Envelope(
         event_id=new_id("evt"),
@@ -74,6 +81,7 @@ def new_envelope(
         correlation_id=correlation_id,
         causation_id=causation_id,
         payload=msgspec.Raw(_encoder.encode(event)),
+        sequence=sequence,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.consumer import RetryPolicy
+from shared.retry import RetryPolicy
 
 
 @given(
