@@ -144,11 +144,20 @@ class Sequenced:
     event: Event
 
 
+FulfillmentEvent = (
+    fulfillment_events.FulfillmentRequested
+    | fulfillment_events.FulfillmentAccepted
+    | fulfillment_events.FulfillmentRejected
+    | fulfillment_events.FulfillmentCompleted
+    | fulfillment_events.FulfillmentCancelled
+)
+
+
 @dataclass(frozen=True)
 class Transition:
     order: Order
     order_events: tuple[Sequenced, ...]
-    fulfillment_events: tuple[Event, ...]
+    fulfillment_events: tuple[FulfillmentEvent, ...]
 
 
 class InvalidTransition(Conflict):
@@ -360,14 +369,14 @@ def _accept(order: Order, partner_id: str, now: datetime) -> Transition:
         raise InvalidTransition(f"the fulfillment is {mine.status}; it can no longer be accepted")
     accepted = replace(mine, status="accepted", changed_at=now)
     order = _with_fulfillment(order, accepted, now)
-    answered = [
-        fulfillment_events.FulfillmentAccepted(fulfillment=fulfillment_state(order, accepted))
-    ]
+    answered = fulfillment_events.FulfillmentAccepted(
+        fulfillment=fulfillment_state(order, accepted)
+    )
     if {f.status for f in order.fulfillments} != {"accepted"}:
-        return Transition(order, (), tuple(answered))
+        return Transition(order, (), (answered,))
     order = replace(order, status="confirmed", sequence=order.sequence + 1)
     confirmed = order_events.OrderConfirmed(order=order_state(order), charges=charges_of(order))
-    return Transition(order, (Sequenced(order.sequence, confirmed),), tuple(answered))
+    return Transition(order, (Sequenced(order.sequence, confirmed),), (answered,))
 
 
 def _complete(order: Order, partner_id: str, now: datetime) -> Transition:
@@ -419,7 +428,7 @@ def _cancel(order: Order, reason: CancelReason, now: datetime) -> Transition:
         fulfillments=tuple(fulfillments),
         sequence=order.sequence + 1,
     )
-    compensations: list[Event] = [
+    compensations: list[FulfillmentEvent] = [
         fulfillment_events.FulfillmentCancelled(fulfillment=fulfillment_state(order, f))
         for f in compensated
     ]
