@@ -7,12 +7,14 @@ from pathlib import Path
 
 from services.orders import consumers, handlers
 from services.orders.http import OrdersHttp, build_api, utc_now
+from shared import account_generations
 from shared.contracts import fulfillments, orders
-from shared.db import unit_of_work
-from shared.runtime import Periodic
 from shared.service import Compose, Composition, Runtime, ServiceSettings, main
+from shared.timers import TimerLoop
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Orders refuses tokens a rotation superseded, from its own view of catalog.accounts.
+EXTRA_MIGRATIONS = (account_generations.MIGRATIONS,)
 # Its own topics, and the catalog's it reads (created if the catalog has not yet).
 TOPICS = (orders.TOPIC, fulfillments.TOPIC, *consumers.CATALOG_TOPICS)
 
@@ -21,39 +23,41 @@ class OrdersSettings(ServiceSettings, kw_only=True):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/orders"
     http_port: int = 8082
     acceptance_deadline_seconds: float = 48 * 3600
-    deadline_check_seconds: float = 5.0
+    timer_poll_seconds: float = 1.0
 
 
 def composer(settings: OrdersSettings) -> Compose:
     async def compose(runtime: Runtime) -> Composition:
-        async def cancel_overdue_orders() -> None:
-            # Batches of 100 keep each transaction short; loop until none is due.
-            while True:
-                async with unit_of_work(runtime.pool) as conn:
-                    if await handlers.cancel_overdue_orders(conn, utc_now()) < 100:
-                        return
-
-        return Composition(
-            api=build_api(
-                OrdersHttp(
-                    acceptance_window=timedelta(seconds=settings.acceptance_deadline_seconds)
-                )
-            ),
-            loops=[
-                consumers.catalog_copy(
-                    bootstrap=settings.kafka_bootstrap,
-                    topic_prefix=settings.topic_prefix,
-                    pool=runtime.pool,
-                    producer=runtime.producer,
-                ),
-                Periodic(
-                    "cancel-overdue-orders", settings.deadline_check_seconds, cancel_overdue_orders
-                ),
-            ],
+        api = build_api(
+            OrdersHttp(acceptance_window=timedelta(seconds=settings.acceptance_deadline_seconds))
         )
+        catalog_copy = consumers.catalog_copy(
+            bootstrap=settings.kafka_bootstrap,
+            topic_prefix=settings.topic_prefix,
+            pool=runtime.pool,
+            producer=runtime.producer,
+        )
+        deadlines = TimerLoop(
+            runtime.pool,
+            {
+                handlers.ACCEPTANCE_DEADLINE: lambda conn, order_id: (
+                    handlers.acceptance_deadline_passed(conn, order_id, utc_now())
+                )
+            },
+            clock=utc_now,
+            poll_seconds=settings.timer_poll_seconds,
+        )
+        return account_generations.wire(runtime).composition(api, [catalog_copy, deadlines])
 
     return compose
 
 
 if __name__ == "__main__":
-    main("orders", OrdersSettings, migrations=MIGRATIONS, topics=TOPICS, composer=composer)
+    main(
+        "orders",
+        OrdersSettings,
+        migrations=MIGRATIONS,
+        topics=TOPICS,
+        composer=composer,
+        extra_migrations=EXTRA_MIGRATIONS,
+    )

@@ -21,7 +21,7 @@ from services.orders.domain import (
     RequestedLine,
     Transition,
 )
-from shared import outbox
+from shared import outbox, timers
 from shared.contracts import catalog_agreements, catalog_offerings
 from shared.contracts import fulfillments as fulfillment_events
 from shared.contracts import orders as order_events
@@ -32,6 +32,7 @@ from shared.ids import new_id
 from shared.tokens import Principal
 
 PRODUCER = "orders"
+ACCEPTANCE_DEADLINE = "orders.acceptance-deadline"
 
 
 async def apply_catalog_event(conn: Connection, event: Event) -> None:
@@ -80,6 +81,12 @@ async def place_order(
     )
     await store.insert_order(conn, transition.order)
     await _record_events(conn, transition)
+    await timers.schedule(
+        conn,
+        kind=ACCEPTANCE_DEADLINE,
+        key=transition.order.order_id,
+        due_at=transition.order.accept_by,
+    )
     return transition.order
 
 
@@ -100,19 +107,17 @@ async def cancel_order(conn: Connection, customer_id: str, order_id: str, now: d
     return await _apply(conn, found, domain.CancelByCustomer(), now)
 
 
-async def cancel_overdue_orders(conn: Connection, now: datetime, limit: int = 100) -> int:
-    """Cancel pending orders whose acceptance deadline passed; how many were cancelled.
+async def acceptance_deadline_passed(conn: Connection, order_id: str, now: datetime) -> None:
+    """The acceptance timer fired: cancel the order if some partner still has not accepted.
 
-    Rows another replica is cancelling right now are skipped, not waited for.
+    The timer is never cancelled when an order leaves ``pending`` (that would
+    lock the timer after the order, the reverse of the timer loop); it fires
+    and finds nothing to do.
     """
-    cancelled = 0
-    for order_id in await store.overdue_order_ids(conn, now, limit):
-        try:
-            await _change(conn, order_id, domain.DeadlinePassed(), now)
-        except InvalidTransition:
-            continue
-        cancelled += 1
-    return cancelled
+    try:
+        await _change(conn, order_id, domain.DeadlinePassed(), now)
+    except (InvalidTransition, NotFound):
+        return
 
 
 async def report_usage(conn: Connection, order_id: str, report: ReportUsage, now: datetime) -> None:

@@ -342,14 +342,3 @@ async def list_fulfillment_orders(
         limit,
     )
     return [(row["id"], row["order_id"]) for row in rows]
-
-
-async def overdue_order_ids(conn: Connection, now: datetime, limit: int) -> list[str]:
-    """Pending orders past their deadline that no other replica is handling right now."""
-    rows = await conn.fetch(
-        "SELECT id FROM orders WHERE status = 'pending' AND accept_by <= $1"
-        " ORDER BY accept_by LIMIT $2 FOR UPDATE SKIP LOCKED",
-        now,
-        limit,
-    )
-    return [row["id"] for row in rows]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shared import account_generations
 from shared.http.api import Api
 from shared.service import Composition, Runtime, ServiceSettings, main
 
@@ -17,15 +18,21 @@ class SettlementSettings(ServiceSettings, kw_only=True):
     http_port: int = 8083
 
 
-async def compose(_: Runtime) -> Composition:
-    return Composition(api=Api("Partner marketplace: settlement"))
+MIGRATIONS = Path(__file__).parent / "migrations"
+# Settlement refuses tokens a rotation superseded, from its own view of catalog.accounts.
+EXTRA_MIGRATIONS = (account_generations.MIGRATIONS,)
+
+
+async def compose(runtime: Runtime) -> Composition:
+    return account_generations.wire(runtime).composition(Api("Partner marketplace: settlement"))
 
 
 if __name__ == "__main__":
     main(
         "settlement",
         SettlementSettings,
-        migrations=Path(__file__).parent / "migrations",
+        migrations=MIGRATIONS,
         topics=(),
         composer=lambda _: compose,
+        extra_migrations=EXTRA_MIGRATIONS,
     )

@@ -38,7 +38,6 @@ CREATE TABLE orders (
     sequence      integer     NOT NULL CHECK (sequence >= 1)
 );
 CREATE INDEX orders_by_customer ON orders (customer_id, id);
-CREATE INDEX orders_awaiting_answers ON orders (accept_by) WHERE status = 'pending';
 
 CREATE TABLE order_lines (
     id               text    PRIMARY KEY,

@@ -9,20 +9,23 @@ replica, a short acceptance deadline) on a database of the caller's choice.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest_asyncio
 
 from deploy.local.infra import free_port
-from services.orders.__main__ import MIGRATIONS, TOPICS, OrdersSettings, composer
-from shared.service import run_service
+from services.orders.__main__ import (
+    EXTRA_MIGRATIONS,
+    MIGRATIONS,
+    TOPICS,
+    OrdersSettings,
+    composer,
+)
 from shared.settings import Secret
 from tests.integration.catalog.conftest import (  # noqa: F401 - fixtures used by this package
     Account,
@@ -32,6 +35,7 @@ from tests.integration.catalog.conftest import (  # noqa: F401 - fixtures used b
 )
 from tests.support.infra import Infra, temporary_database
 from tests.support.keys import TokenKeys
+from tests.support.running import running_service
 from tests.support.waiting import wait_for
 
 
@@ -98,52 +102,27 @@ async def start_orders(
     database_url: str,
     *,
     acceptance_deadline_seconds: float = 48 * 3600,
-    deadline_check_seconds: float = 5.0,
 ) -> AsyncIterator[Orders]:
-    port = free_port()
     settings = OrdersSettings(
         database_url=database_url,
-        http_port=port,
+        http_port=free_port(),
         operator_token=Secret(token_keys.operator_token),
         token_public_key_file=token_keys.public_key_file,
         kafka_bootstrap=catalog.kafka_bootstrap,
         topic_prefix=catalog.topic_prefix,
         shutdown_timeout_seconds=5,
         acceptance_deadline_seconds=acceptance_deadline_seconds,
-        deadline_check_seconds=deadline_check_seconds,
+        timer_poll_seconds=0.2,
     )
-    stop = asyncio.Event()
-    service = asyncio.create_task(
-        run_service(
-            name="orders",
-            settings=settings,
-            migrations=MIGRATIONS,
-            topics=TOPICS,
-            compose=composer(settings),
-            stop=stop,
-        ),
-        name="orders-under-test",
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-
-        async def ready() -> bool:
-            if service.done():
-                service.result()
-                raise AssertionError("orders stopped while starting")
-            async with catalog.session.get(f"{base_url}/readyz") as response:
-                return response.status == 200
-
-        await wait_for(
-            ready,
-            timeout=60,
-            message="orders did not become ready",
-            ignore=(aiohttp.ClientConnectionError,),
-        )
+    async with running_service(
+        "orders",
+        settings,
+        migrations=MIGRATIONS,
+        topics=TOPICS,
+        compose=composer(settings),
+        extra_migrations=EXTRA_MIGRATIONS,
+    ) as base_url:
         yield Orders(base_url, database_url, dataclasses.replace(catalog, base_url=base_url))
-    finally:
-        stop.set()
-        await asyncio.wait_for(service, timeout=30)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
