@@ -10,7 +10,7 @@ replica, a short acceptance deadline) on a database of the caller's choice.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +48,9 @@ class Orders:
     async def call(self, method: str, path: str, **kwargs: Any) -> Reply:
         return await self.client.call(method, path, **kwargs)
 
-    async def place(self, customer: Account, lines: list[Mapping[str, Any]], **kw: Any) -> Reply:
+    async def place(
+        self, customer: Account, lines: Sequence[Mapping[str, Any]], **kw: Any
+    ) -> Reply:
         return await self.call(
             "POST", "/v1/orders", token=customer.token, body={"lines": lines}, **kw
         )
