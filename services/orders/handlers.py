@@ -176,20 +176,17 @@ async def _apply(conn: Connection, before: Order, command: Command, now: datetim
 
 async def _record_events(conn: Connection, transition: Transition) -> None:
     order_id = transition.order.order_id
-    for sequenced in transition.order_events:
-        await outbox.append(
-            conn,
-            order_events.TOPIC,
-            sequenced.event,
-            key=order_id,
-            producer=PRODUCER,
-            sequence=sequenced.sequence,
-        )
-    for event in transition.fulfillment_events:
-        await outbox.append(
-            conn,
-            fulfillment_events.TOPIC,
-            event,
-            key=event.fulfillment.partner_id,
-            producer=PRODUCER,
-        )
+    await outbox.append_all(
+        conn,
+        [
+            *(
+                outbox.Entry(order_events.TOPIC, e.event, order_id, e.sequence)
+                for e in transition.order_events
+            ),
+            *(
+                outbox.Entry(fulfillment_events.TOPIC, e, e.fulfillment.partner_id)
+                for e in transition.fulfillment_events
+            ),
+        ],
+        producer=PRODUCER,
+    )

@@ -98,9 +98,23 @@ async def agreements(conn: Connection, agreement_ids: Sequence[str]) -> dict[str
 
 
 async def insert_order(conn: Connection, order: Order) -> None:
+    """The order, its lines and its fulfilments, in one statement (one round trip)."""
+    lines, fulfillments = order.lines, order.fulfillments
     await conn.execute(
-        "INSERT INTO orders (id, customer_id, status, currency, total, placed_at, accept_by,"
-        " changed_at, sequence) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "WITH placed AS (INSERT INTO orders (id, customer_id, status, currency, total,"
+        " placed_at, accept_by, changed_at, sequence)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id),"
+        " lines AS (INSERT INTO order_lines (id, order_id, position, offering_id,"
+        " offering_version, owner_id, quantity, amount, components)"
+        " SELECT l.id, (SELECT id FROM placed), l.position - 1, l.offering_id,"
+        " l.offering_version, l.owner_id, l.quantity, l.amount, l.components::jsonb"
+        " FROM unnest($10::text[], $11::text[], $12::int[], $13::text[], $14::int[],"
+        " $15::bigint[], $16::text[]) WITH ORDINALITY AS l(id, offering_id, offering_version,"
+        " owner_id, quantity, amount, components, position))"
+        " INSERT INTO fulfillments (id, order_id, partner_id, role, status, changed_at)"
+        " SELECT f.id, (SELECT id FROM placed), f.partner_id, f.role, f.status, $8"
+        " FROM unnest($17::text[], $18::text[], $19::text[], $20::text[])"
+        " AS f(id, partner_id, role, status)",
         order.order_id,
         order.customer_id,
         order.status,
@@ -110,38 +124,17 @@ async def insert_order(conn: Connection, order: Order) -> None:
         order.accept_by,
         order.changed_at,
         order.sequence,
-    )
-    lines = order.lines
-    await conn.execute(
-        "INSERT INTO order_lines (id, order_id, position, offering_id, offering_version,"
-        " owner_id, quantity, amount, components)"
-        " SELECT l.id, $1, l.position, l.offering_id, l.offering_version, l.owner_id,"
-        " l.quantity, l.amount, l.components::jsonb FROM unnest($2::text[], $3::int[],"
-        " $4::text[], $5::int[], $6::text[], $7::int[], $8::bigint[], $9::text[])"
-        " AS l(id, position, offering_id, offering_version, owner_id, quantity, amount,"
-        " components)",
-        order.order_id,
         [line.line_id for line in lines],
-        list(range(len(lines))),
         [line.offering_id for line in lines],
         [line.offering_version for line in lines],
         [line.owner_id for line in lines],
         [line.quantity for line in lines],
         [line.amount for line in lines],
         [_encoder.encode(line.components).decode() for line in lines],
-    )
-    fulfillments = order.fulfillments
-    await conn.execute(
-        "INSERT INTO fulfillments (id, order_id, partner_id, role, status, changed_at)"
-        " SELECT f.id, $1, f.partner_id, f.role, f.status, $6"
-        " FROM unnest($2::text[], $3::text[], $4::text[], $5::text[])"
-        " AS f(id, partner_id, role, status)",
-        order.order_id,
         [f.fulfillment_id for f in fulfillments],
         [f.partner_id for f in fulfillments],
         [f.role for f in fulfillments],
         [f.status for f in fulfillments],
-        order.changed_at,
     )
 
 
