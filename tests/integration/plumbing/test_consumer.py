@@ -29,11 +29,18 @@ from shared.contracts.envelope import (
 )
 from shared.ids import new_id
 from shared.outbox import kafka_headers
+from tests.support.consuming import (
+    caught_up,
+    count_effects,
+    dead_letters,
+    headers_of,
+    ping_message,
+    produce_pings,
+)
 from tests.support.events import TEST_PRODUCER, Ping
 from tests.support.infra import Infra, unique_name
 from tests.support.kafka import (
     NewTopic,
-    TopicReader,
     committed_offsets,
     end_offsets,
     group_caught_up,
@@ -44,22 +51,6 @@ from tests.support.waiting import wait_for
 
 Handler = Callable[[db.Connection, Envelope, Event], Awaitable[None]]
 FAST_RETRIES = RetryPolicy(max_attempts=3, first_backoff=0.01, max_backoff=0.05)
-
-
-def ping_message(n: int, key: str) -> tuple[bytes, bytes, Envelope]:
-    envelope = new_envelope(Ping(n=n), key=key, producer=TEST_PRODUCER)
-    return key.encode(), encode_envelope(envelope), envelope
-
-
-async def produce_pings(infra: Infra, topic: str, numbers: range, keys: int) -> list[Envelope]:
-    made = [ping_message(n, f"key-{n % keys}") for n in numbers]
-    await produce(infra.kafka_bootstrap, topic, [(key, value) for key, value, _ in made])
-    return [envelope for _, _, envelope in made]
-
-
-async def count_effects(pool: db.Pool) -> int:
-    count: int = await pool.fetchval("SELECT count(*) FROM effects")
-    return count
 
 
 async def record_effect(conn: db.Connection, envelope: Envelope, event: Event) -> None:
@@ -163,29 +154,6 @@ async def consuming(
         consumer.stop()
         await asyncio.wait_for(running, 15)
         await producer.stop()
-
-
-async def caught_up(infra: Infra, name: str, topic: str) -> None:
-    await wait_for(
-        lambda: group_caught_up(infra.kafka_bootstrap, name, topic),
-        interval=0.1,
-        ignore=(KafkaError,),
-        message="the consumer did not get through the topic",
-    )
-
-
-async def dead_letters(infra: Infra, topic: str, expected: int) -> list[object]:
-    async with TopicReader(infra.kafka_bootstrap, f"{topic}.dlq") as reader:
-
-        async def all_there() -> bool:
-            return len(await reader.poll()) >= expected
-
-        await wait_for(all_there, message=f"fewer than {expected} dead letters")
-        return list(reader.records)
-
-
-def headers_of(record: object) -> dict[str, str]:
-    return {key: bytes(value).decode() for key, value in getattr(record, "headers", ())}
 
 
 async def test_undecodable_and_unknown_messages_are_dead_lettered_and_the_next_is_processed(
