@@ -1,7 +1,7 @@
 """The batch consumer and per-aggregate sequencing against a real broker and database.
 
-* killed with SIGKILL mid-chunk and restarted, it applies every event exactly once;
-  re-reading the whole topic (offsets lost) applies nothing twice;
+* re-reading the whole topic (offsets lost) applies nothing twice (killed
+  with SIGKILL mid-chunk: see test_consumer.py);
 * one poison event in a chunk of 500 lands alone in the DLQ and the other 499 apply;
 * a partition in long backoff neither delays another partition nor causes a rebalance;
 * "strict": an event ahead of a gap is parked, not applied, and applies (in
@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from prometheus_client import REGISTRY
 
 from shared import db, kafka
@@ -34,8 +32,7 @@ from tests.support.consuming import (
 )
 from tests.support.events import Ping
 from tests.support.infra import Infra, unique_name
-from tests.support.kafka import NewTopic, group_caught_up, produce
-from tests.support.processes import Processes
+from tests.support.kafka import NewTopic, produce
 from tests.support.waiting import wait_for
 
 BatchHandler = Callable[[db.Connection, Sequence[Delivery]], Awaitable[None]]
@@ -97,59 +94,7 @@ def consumed(name: str, outcome: str) -> float:
     return value or 0.0
 
 
-# --------------------------------------------------------------------------- killed mid-chunk
-
-EVENTS = 600
-
-
-async def test_killed_mid_chunk_it_applies_every_event_exactly_once_after_restart(
-    infra: Infra, pool: db.Pool, plumbing_db: str, new_topic: NewTopic, processes: Processes
-) -> None:
-    topic = await new_topic(partitions=3)
-    envelopes = await produce_pings(infra, topic, range(EVENTS), keys=30)
-    name = unique_name("killed_batch")
-    # 0.3 s of work inside each chunk's transaction: the kill lands inside one.
-    args = (plumbing_db, infra.kafka_bootstrap, topic, name, "0.3", "batch")
-
-    first = processes.start("tests.support.consumer_process", *args, name="batch-1")
-
-    async def mid_chunk() -> bool:
-        # Some chunks committed, and another one's transaction open right now.
-        return await count_effects(pool) > 0 and await pool.fetchval(
-            "SELECT count(*) > 0 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'"
-            " AND state = 'active' AND datname = current_database()"
-        )
-
-    await wait_for(
-        mid_chunk, timeout=30, interval=0.02, message="the batch consumer did not get going"
-    )
-    await first.kill()
-    applied = await count_effects(pool)
-    assert 0 < applied < EVENTS
-
-    second = processes.start("tests.support.consumer_process", *args, name="batch-2")
-
-    async def all_applied() -> bool:
-        return await count_effects(pool) >= EVENTS and await group_caught_up(
-            infra.kafka_bootstrap, name, topic
-        )
-
-    # The dead member holds its partitions until its session times out (10 s).
-    await wait_for(
-        all_applied,
-        timeout=60,
-        interval=0.2,
-        ignore=(KafkaError,),
-        message="the restarted batch consumer did not apply the rest",
-    )
-    assert await second.terminate() == 0
-
-    rows = await pool.fetch("SELECT event_id, applied_by FROM effects")
-    per_event = Counter(row["event_id"] for row in rows)
-    assert len(rows) == EVENTS
-    assert set(per_event) == {envelope.event_id for envelope in envelopes}
-    assert max(per_event.values()) == 1
-    assert len({row["applied_by"] for row in rows}) >= 2  # both processes did part of it
+# --------------------------------------------------------------------------- redelivery
 
 
 async def test_reading_the_whole_topic_again_applies_nothing_twice(
