@@ -46,7 +46,6 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import TypeVar
 
 import asyncpg
@@ -116,25 +115,44 @@ _SERVER_NOT_NOW: tuple[type[BaseException], ...] = (
 def classify(error: BaseException) -> Failure:
     """How to retry after ``error``.
 
-    An ``OSError`` or timeout is the database's only when the driver raised it
-    (connecting, or a query that lost its server); the same error from the
-    handler's own work (an HTTP call, a file) is bounded like any other.
+    An ``OSError`` is the database's only when the driver raised it (the
+    server unreachable, or a connection lost mid-query), and a timeout only
+    when it struck while connecting: a query that times out may time out every
+    time, so it is bounded.  The same errors from the handler's own work (an
+    HTTP call, a file) are bounded like any other.
     """
     if isinstance(error, PermanentError):
         return Failure.PERMANENT
     if isinstance(error, _SERVER_NOT_NOW):
         return Failure.TRANSIENT
-    if isinstance(error, OSError | TimeoutError) and _raised_by_driver(error.__traceback__):
+    # TimeoutError is an OSError: ask about it first.
+    if isinstance(error, TimeoutError):
+        connecting = _raised_in(error, "asyncpg.connect_utils")
+        return Failure.TRANSIENT if connecting else Failure.RETRYABLE
+    if isinstance(error, OSError) and _raised_in(error, "asyncpg"):
         return Failure.TRANSIENT
     return Failure.RETRYABLE
 
 
-def _raised_by_driver(traceback: TracebackType | None) -> bool:
-    while traceback is not None:
-        module = traceback.tb_frame.f_globals.get("__name__", "")
-        if isinstance(module, str) and module.split(".", 1)[0] == "asyncpg":
-            return True
-        traceback = traceback.tb_next
+def _raised_in(error: BaseException, package: str) -> bool:
+    """Whether ``error``, or what caused it, passed through ``package`` (a module or package).
+
+    Its cause counts: a timeout is raised where the deadline was set (a frame
+    above the work it cut short), ``from`` the cancellation of that work.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback = current.__traceback__
+        while traceback is not None:
+            module = traceback.tb_frame.f_globals.get("__name__", "")
+            if isinstance(module, str) and (module == package or module.startswith(package + ".")):
+                return True
+            traceback = traceback.tb_next
+        # Only an explicit cause: an error the handler raised while handling a
+        # database error is still the handler's own.
+        current = current.__cause__
     return False
 
 

@@ -46,6 +46,29 @@ def test_an_os_error_from_the_driver_is_the_database_being_away() -> None:
     assert classify(refused_by_the_server()) is Failure.TRANSIENT
 
 
+def test_a_timeout_while_connecting_is_transient_but_a_slow_query_is_bounded() -> None:
+    async def connect_to_a_server_that_never_answers() -> None:
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()  # accept and say nothing
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            await asyncpg.connect(f"postgresql://nobody@127.0.0.1:{port}/none", timeout=0.2)
+
+    with pytest.raises(TimeoutError) as connecting:
+        asyncio.run(connect_to_a_server_that_never_answers())
+    assert classify(connecting.value) is Failure.TRANSIENT
+
+    async def query_that_times_out() -> None:
+        # Not asyncpg's connect: the shape a command_timeout has.
+        await asyncio.wait_for(asyncio.sleep(1), 0.01)
+
+    with pytest.raises(TimeoutError) as querying:
+        asyncio.run(query_that_times_out())
+    assert classify(querying.value) is Failure.RETRYABLE
+
+
 @pytest.mark.parametrize(
     "error",
     [
@@ -82,3 +105,16 @@ def test_halving_isolates_any_bad_event_in_about_log2_steps(size: int, data: st.
         depth += 1
     assert chunk == [bad]
     assert depth <= size.bit_length()
+
+
+def test_the_handlers_os_error_while_handling_a_database_error_is_still_its_own() -> None:
+    def fall_back() -> None:
+        try:
+            raise refused_by_the_server()
+        except OSError:
+            raise OSError("the handler's fallback file is missing")  # noqa: B904 - on purpose
+
+    with pytest.raises(OSError, match="fallback") as raised:
+        fall_back()
+    assert raised.value.__context__ is not None
+    assert classify(raised.value) is Failure.RETRYABLE
