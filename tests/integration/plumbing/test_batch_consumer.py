@@ -3,6 +3,7 @@
 * re-reading the whole topic (offsets lost) applies nothing twice (killed
   with SIGKILL mid-chunk: see test_consumer.py);
 * one poison event in a chunk of 500 lands alone in the DLQ and the other 499 apply;
+* the database ending the session is retried past the attempt limit, nothing dead-lettered;
 * a partition in long backoff neither delays another partition nor causes a rebalance;
 * "strict": an event ahead of a gap is parked, not applied, and applies (in
   order) once the gap fills; stale and duplicated sequence numbers are skipped;
@@ -148,6 +149,31 @@ async def test_one_poison_event_in_a_chunk_of_500_is_dead_lettered_alone(
     # Bisecting: about log2(500) failing transactions plus the poison's own attempts.
     assert alone == FAST_RETRIES.max_attempts
     assert len(chunk_sizes) < 40
+
+
+async def test_a_lost_database_connection_is_retried_past_the_attempt_limit(
+    infra: Infra, pool: db.Pool, new_topic: NewTopic
+) -> None:
+    topic = await new_topic(partitions=1)
+    await produce_pings(infra, topic, range(50), keys=5)
+    kills = 0
+
+    async def lose_the_connection_again_and_again(
+        conn: db.Connection, deliveries: Sequence[Delivery]
+    ) -> None:
+        nonlocal kills
+        await insert_effects(conn, deliveries)
+        if kills < 2 * FAST_RETRIES.max_attempts:
+            kills += 1
+            # The server ends this very session, as a restart would.
+            await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    async with batch_consuming(infra, pool, topic, lose_the_connection_again_and_again) as consumer:
+        await caught_up(infra, consumer.name, topic)
+
+    assert kills == 2 * FAST_RETRIES.max_attempts
+    assert sorted(row["n"] for row in await pool.fetch("SELECT n FROM effects")) == list(range(50))
+    assert consumed(consumer.name, "dead_lettered") == 0
 
 
 # --------------------------------------------------------------------------- partitions apart
