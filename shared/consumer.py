@@ -247,6 +247,7 @@ class BatchConsumer:
         finally:
             # Workers end at their next step: a transaction in flight commits and
             # its offsets are committed before the consumer leaves the group.
+            self._stopping.set()
             await self._finish(list(self._partitions))
             await self._consumer.stop()
 
