@@ -7,7 +7,8 @@ Ping envelopes; then, each on its own:
 * raw asyncpg inserting the same rows, 500 per transaction;
 * ``IdempotentConsumer`` (one transaction per event) on the first
   ``PER_EVENT`` of them, one INSERT effect each;
-* ``BatchConsumer`` (chunks of 500, dedupe included) writing the rows set-wise;
+* ``BatchConsumer`` (chunks of 500, dedupe included) writing the rows set-wise,
+  then again with ``sequencing="strict"`` (the events carry per-key sequences);
 * a FastStream batch subscriber (``batch=True``, offsets acknowledged after the
   handler: at least once, no dedupe) writing the same rows set-wise.
 
@@ -39,13 +40,16 @@ from shared.contracts.envelope import (
 )
 from shared.ids import new_id
 from shared.migrations import PLUMBING_MIGRATIONS, migrate
+from shared.sequencing import Sequencing
 
 EVENTS = 40_000
 PER_EVENT = 3_000
 PARTITIONS = 6
 CHUNK = 500
+KEYS = 997
 
 Figure = tuple[str, float, str]
+Consume = Callable[[str, str, db.Pool], Awaitable[float]]
 
 
 class Tick(Event, frozen=True, kw_only=True):
@@ -71,8 +75,8 @@ async def measure(kafka_bootstrap: str, admin_dsn: str) -> list[Figure]:
     try:
         async with pool.acquire() as conn:
             await migrate(conn, [("plumbing", PLUMBING_MIGRATIONS)])
-            for name in ("effects_raw", "effects_one", "effects_batch", "effects_faststream"):
-                await conn.execute(EFFECTS.format(name=name))
+            for name in ("raw", "one", "batch", "strict", "faststream"):
+                await conn.execute(EFFECTS.format(name=f"effects_{name}"))
         await fill(kafka_bootstrap, topic)
         print(f"{EVENTS} events on {topic}", flush=True)
         getmany = await raw_getmany(kafka_bootstrap, topic)
@@ -84,7 +88,8 @@ async def measure(kafka_bootstrap: str, admin_dsn: str) -> list[Figure]:
         ]
         consumers = {
             "IdempotentConsumer, 1 INSERT/event": per_event,
-            "BatchConsumer, set-wise INSERT": batch,
+            "BatchConsumer, set-wise INSERT": batch_consumer(None),
+            "BatchConsumer, strict sequencing": batch_consumer("strict"),
             "FastStream batch=True, at least once": faststream,
         }
         for name, consume in consumers.items():
@@ -104,7 +109,9 @@ async def fill(bootstrap: str, topic: str) -> None:
     try:
         sent = []
         for n in range(EVENTS):
-            envelope = new_envelope(Tick(n=n), key=f"k{n % 997}", producer="bench")
+            # Sequenced per key (1, 2, 3 ...), as the orders topic will be.
+            key, sequence = f"k{n % KEYS}", n // KEYS + 1
+            envelope = new_envelope(Tick(n=n), key=key, producer="bench", sequence=sequence)
             sent.append(
                 await producer.send(topic, encode_envelope(envelope), key=envelope.key.encode())
             )
@@ -211,8 +218,9 @@ def _set_wise(table: str) -> Callable[[db.Connection, Sequence[tuple[str, int]]]
     return insert
 
 
-async def batch(bootstrap: str, topic: str, pool: db.Pool) -> float:
-    insert = _set_wise("effects_batch")
+def batch_consumer(sequencing: Sequencing | None) -> Consume:
+    table = "effects_strict" if sequencing else "effects_batch"
+    insert = _set_wise(table)
 
     async def apply(conn: db.Connection, deliveries: Sequence[Delivery]) -> None:
         await insert(
@@ -220,22 +228,26 @@ async def batch(bootstrap: str, topic: str, pool: db.Pool) -> float:
             [(d.envelope.event_id, d.event.n) for d in deliveries if isinstance(d.event, Tick)],
         )
 
-    return await consuming(
-        bootstrap,
-        pool,
-        "effects_batch",
-        EVENTS,
-        lambda producer: BatchConsumer(
-            name=new_id("batch"),
-            bootstrap=bootstrap,
-            topics=[topic],
-            registry=EventRegistry([Tick]),
-            handler=apply,
-            pool=pool,
-            producer=producer,
-            max_batch=CHUNK,
-        ),
-    )
+    async def consume(bootstrap: str, topic: str, pool: db.Pool) -> float:
+        return await consuming(
+            bootstrap,
+            pool,
+            table,
+            EVENTS,
+            lambda producer: BatchConsumer(
+                name=new_id("batch"),
+                bootstrap=bootstrap,
+                topics=[topic],
+                registry=EventRegistry([Tick]),
+                handler=apply,
+                pool=pool,
+                producer=producer,
+                max_batch=CHUNK,
+                sequencing=sequencing,
+            ),
+        )
+
+    return consume
 
 
 async def faststream(bootstrap: str, topic: str, pool: db.Pool) -> float:

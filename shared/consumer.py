@@ -213,6 +213,11 @@ class BatchConsumer:
         # How many times this member was handed partitions; more than once means
         # a rebalance happened (tests and logs read it).
         self.assignments = 0
+        # Offsets of committed chunks, sent to Kafka by one committer in the
+        # background: a partition's next chunk never waits for the broker.
+        self._to_commit: dict[TopicPartition, int] = {}
+        self._commit_wanted = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=group_id or name,
@@ -230,6 +235,7 @@ class BatchConsumer:
     async def run(self) -> None:
         self._consumer.subscribe(self._topics, listener=_Revocations(self))
         await self._consumer.start()
+        committer = asyncio.create_task(self._committer())
         try:
             while not self._stopping.is_set():
                 batches = await self._consumer.getmany(
@@ -249,6 +255,9 @@ class BatchConsumer:
             # its offsets are committed before the consumer leaves the group.
             self._stopping.set()
             await self._finish(list(self._partitions))
+            committer.cancel()
+            await asyncio.gather(committer, return_exceptions=True)
+            await self._flush_commits()
             await self._consumer.stop()
 
     def _worker_done(self, worker: asyncio.Task[None]) -> None:
@@ -273,6 +282,7 @@ class BatchConsumer:
             if state is not None and state.worker is not None:
                 state.worker.cancel()
         await self._finish(partitions)
+        await self._flush_commits()
 
     def _update_pause(self, partition: TopicPartition, state: _Partition) -> None:
         # Pausing drops what the fetcher holds for the partition, so pause only
@@ -294,7 +304,8 @@ class BatchConsumer:
                 self._update_pause(partition, state)
                 handled_up_to = await self._handle_chunk(partition, state, chunk)
                 if handled_up_to is not None:
-                    await self._commit(partition, handled_up_to + 1)
+                    self._to_commit[partition] = handled_up_to + 1
+                    self._commit_wanted.set()
                 if handled_up_to != chunk[-1].offset:
                     return  # stopping midway
         finally:
@@ -446,16 +457,30 @@ class BatchConsumer:
             state.backing_off = False
             self._update_pause(partition, state)
 
-    async def _commit(self, partition: TopicPartition, offset: int) -> None:
-        try:
-            await self._consumer.commit({partition: offset})
-        except KafkaError as exc:
-            # Typically the partition moved to another member during a rebalance.
-            # Its new owner re-reads these events and the dedupe rows make that a no-op.
-            log.warning(
-                "offset commit failed",
-                extra={"consumer": self.name, "partition": str(partition), "error": repr(exc)},
-            )
+    async def _committer(self) -> None:
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            await self._flush_commits()
+
+    async def _flush_commits(self) -> None:
+        async with self._commit_lock:
+            offsets, self._to_commit = self._to_commit, {}
+            if not offsets:
+                return
+            try:
+                await self._consumer.commit(offsets)
+            except KafkaError as exc:
+                # Typically a partition moved to another member during a rebalance.
+                # Its new owner re-reads these events and the dedupe rows make that a no-op.
+                log.warning(
+                    "offset commit failed",
+                    extra={
+                        "consumer": self.name,
+                        "partitions": sorted(map(str, offsets)),
+                        "error": repr(exc),
+                    },
+                )
 
     async def _dead_letter(self, record: ConsumerRecord, error: BaseException) -> None:
         headers = [
