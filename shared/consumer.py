@@ -11,13 +11,14 @@ One runner, two ways to hand events to a handler:
 In that transaction the runner first records ``(consumer, event_id)`` for the
 whole chunk in one statement (``processed_events``); only the ids that were
 not there before reach the handler, so a redelivered event changes nothing.
-The Kafka offset is committed only after the transaction commits: a crash at
-any point either redelivers (and the dedupe rows make that a no-op) or never
-happened.  We do not also store a per-partition position to seek to on
-assignment: offsets are committed right after each chunk commits, so at most
-a chunk is redelivered, and one set-wise dedupe statement per chunk is cheap;
-positions would also miss what they cannot see (a re-created topic, an event
-redelivered on another partition after a key move).  Per-aggregate positions,
+The Kafka offset is committed only after the transaction commits (by one
+background committer, so the next chunk never waits for the broker): a crash
+at any point either redelivers (and the dedupe rows make that a no-op) or
+never happened.  We do not also store a per-partition position to seek to on
+assignment: offsets follow each chunk within a broker round trip, so a crash
+redelivers a chunk or two, and one set-wise dedupe statement per chunk is
+cheap; positions would also miss what they cannot see (a re-created topic, an
+event produced twice by a relay that crashed before marking it sent).  Per-aggregate positions,
 where a topic promises order, are ``shared.sequencing``'s job (``sequencing=``).
 
 Partitions proceed independently.  The poll loop never waits for a handler:
