@@ -184,7 +184,7 @@ async def test_a_partition_in_long_backoff_neither_delays_another_nor_rebalances
 ) -> None:
     topic = await new_topic(partitions=2)
     failing = ping_message(0, "stuck")
-    slow_retries = RetryPolicy(max_attempts=2, first_backoff=8.0, max_backoff=8.0)
+    slow_retries = RetryPolicy(max_attempts=2, first_backoff=10.0, max_backoff=10.0)
     tried = asyncio.Event()
 
     async def fail_zero(conn: db.Connection, deliveries: Sequence[Delivery]) -> None:
@@ -199,17 +199,16 @@ async def test_a_partition_in_long_backoff_neither_delays_another_nor_rebalances
         await producer.send_and_wait(topic, failing[1], key=failing[0], partition=0)
         async with batch_consuming(infra, pool, topic, fail_zero, retry=slow_retries) as consumer:
             await asyncio.wait_for(tried.wait(), 20)
-            started = asyncio.get_running_loop().time()
             others = [ping_message(n, f"other-{n}") for n in range(1, 21)]
             for key, value, _ in others:
                 await producer.send_and_wait(topic, value, key=key, partition=1)
             await wait_for(
                 lambda: pool.fetchval("SELECT count(*) = 20 FROM effects"),
-                timeout=3,
+                timeout=5,
                 message="partition 1 waited for partition 0's backoff",
             )
-            # Applied while partition 0 still waits out its first backoff (>= 4 s).
-            assert asyncio.get_running_loop().time() - started < 3.5
+            # Applied while partition 0 still waits out its first backoff (5-10 s):
+            # its event has not been given up on yet.
             assert consumed(consumer.name, "dead_lettered") == 0
             (letter,) = await dead_letters(infra, topic, 1)
             await caught_up(infra, consumer.name, topic)
