@@ -199,25 +199,6 @@ async def agreements_of_partner(
     return [_agreement(row) for row in rows]
 
 
-async def agreements_due_to_expire(conn: Connection, now: datetime, limit: int) -> list[Agreement]:
-    ids = await conn.fetch(
-        "SELECT id FROM agreements WHERE status = 'active' AND expires_at <= $1"
-        " ORDER BY expires_at LIMIT $2",
-        now,
-        limit,
-    )
-    await lock_offerings_naming(conn, [row["id"] for row in ids])
-    # SKIP LOCKED: two catalog replicas sweeping at once share the work, never block.
-    rows = await conn.fetch(
-        f"SELECT {_AGREEMENT_COLUMNS} FROM agreements"
-        " WHERE id = ANY($1) AND status = 'active' AND expires_at <= $2"
-        " ORDER BY id FOR UPDATE SKIP LOCKED",
-        [row["id"] for row in ids],
-        now,
-    )
-    return [_agreement(row) for row in rows]
-
-
 async def lock_offerings_naming(conn: Connection, agreement_ids: list[str]) -> None:
     """Lock every offering naming one of the agreements, drafts included.
 
