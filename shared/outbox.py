@@ -59,13 +59,14 @@ async def append(
         sequence=sequence,
     )
     await conn.execute(
-        "INSERT INTO outbox (event_id, topic, key, event_type, payload)"
-        " VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO outbox (event_id, topic, key, event_type, payload, sequence)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
         envelope.event_id,
         topic.name,
         key,
         envelope.type,
         encode_envelope(envelope),
+        sequence,
     )
     # Wakes the relay at commit; NOTIFY is transactional, a rollback sends nothing.
     await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
