@@ -11,13 +11,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
 import msgspec
 from aiokafka import AIOKafkaProducer
 
-from shared import db, kafka, logs
+from shared import db, kafka, logs, retention
 from shared.contracts.envelope import Topic
 from shared.http import idempotency
 from shared.http.api import Api, RevocationCheck
@@ -46,6 +47,10 @@ class ServiceSettings(msgspec.Struct, kw_only=True):
     db_pool_size: int = 10
     shutdown_timeout_seconds: float = 20.0
     startup_timeout_seconds: float = 60.0
+    # Sent outbox rows are kept this long (see ``shared.retention``).
+    outbox_retention_hours: float = 168.0
+    # For consumers that opt in; must exceed their topics' retention.ms.
+    processed_events_retention_hours: float = 336.0
 
 
 @dataclass
@@ -64,6 +69,8 @@ class Composition:
     api: Api
     loops: list[BackgroundLoop] = field(default_factory=list)
     revocations: RevocationCheck | None = None
+    # Consumers on topics Kafka deletes by time, whose dedupe rows may be pruned.
+    pruned_consumers: Sequence[str] = ()
 
 
 Compose = Callable[[Runtime], Awaitable[Composition]]
@@ -83,6 +90,19 @@ async def _retry_until(what: str, deadline: float, attempt: Callable[[], Awaitab
                 raise RuntimeError(f"{what} not reachable after {deadline:.0f}s") from exc
             log.warning("waiting for %s", what, extra={"error": repr(exc)})
             await asyncio.sleep(1.0)
+
+
+async def _prune(pool: db.Pool, settings: ServiceSettings, consumers: Sequence[str]) -> None:
+    now = datetime.now(UTC)
+    async with pool.acquire() as conn:
+        await retention.prune_sent_events(
+            conn, sent_before=now - timedelta(hours=settings.outbox_retention_hours)
+        )
+        await retention.prune_processed_events(
+            conn,
+            consumers=consumers,
+            processed_before=now - timedelta(hours=settings.processed_events_retention_hours),
+        )
 
 
 async def run_service(
@@ -131,6 +151,9 @@ async def run_service(
         loops: list[BackgroundLoop] = [
             OutboxRelay(pool, producer, topic_prefix=settings.topic_prefix),
             Periodic("sweep-idempotency-keys", 3600, lambda: idempotency.sweep_expired(pool)),
+            Periodic(
+                "prune-plumbing", 3600, lambda: _prune(pool, settings, composition.pruned_consumers)
+            ),
             *composition.loops,
         ]
         await serve(
