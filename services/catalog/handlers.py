@@ -69,6 +69,7 @@ async def register_partner(
         PartnerRegistered(partner=_partner_state(partner)),
         key=partner.id,
         producer=PRODUCER,
+        sequence=await store.next_event_sequence(conn, "partners", partner.id),
     )
     return partner, issuer.issue(partner.id, "partner", partner.token_generation, now=now)
 
@@ -94,6 +95,7 @@ async def sign_up_customer(
         CustomerRegistered(customer=state),
         key=customer.id,
         producer=PRODUCER,
+        sequence=await store.next_event_sequence(conn, "customers", customer.id),
     )
     return customer, issuer.issue(customer.id, "customer", 1, now=now)
 
@@ -113,6 +115,7 @@ async def rotate_partner_token(
         PartnerTokenRotated(partner=_partner_state(partner)),
         key=partner.id,
         producer=PRODUCER,
+        sequence=await store.next_event_sequence(conn, "partners", partner.id),
     )
     return issuer.issue(partner.id, "partner", partner.token_generation, now=now)
 
@@ -138,6 +141,7 @@ async def rotate_customer_token(
         CustomerTokenRotated(customer=state),
         key=customer_id,
         producer=PRODUCER,
+        sequence=await store.next_event_sequence(conn, "customers", customer_id),
     )
     return issuer.issue(customer_id, "customer", state.token_generation, now=now)
 
@@ -272,6 +276,7 @@ async def _publish_agreement(
         event,
         key=event.agreement.agreement_id,
         producer=PRODUCER,
+        sequence=await store.next_event_sequence(conn, "agreements", event.agreement.agreement_id),
     )
 
 

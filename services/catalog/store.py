@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import msgspec
@@ -119,6 +119,19 @@ async def token_generation(conn: Connection, role: str, subject: str) -> int | N
         f"SELECT token_generation FROM {table} WHERE id = $1", subject
     )
     return generation
+
+
+async def next_event_sequence(
+    conn: Connection, table: Literal["partners", "customers", "agreements"], entity_id: str
+) -> int:
+    """The sequence number of the entity's next event (1, 2, 3 ...); call with its row locked
+    or just inserted, in the transaction that records the event."""
+    sequence: int = await conn.fetchval(
+        f"UPDATE {table} SET event_sequence = event_sequence + 1 WHERE id = $1"
+        " RETURNING event_sequence",
+        entity_id,
+    )
+    return sequence
 
 
 ROTATION_CHANNEL = "token_rotated"
