@@ -30,8 +30,19 @@ async def sleep_or_stop(stopping: asyncio.Event, seconds: float) -> bool:
 
 
 class BackgroundLoop(Protocol):
+    """Runs until ``stop()``; returning or raising before that means it died."""
+
     async def run(self) -> None: ...
     def stop(self) -> None: ...
+
+
+class BackgroundLoopDied(Exception):
+    """A background loop ended while the service was meant to be running.
+
+    The service stops and its process exits non-zero: a relay, consumer or
+    timer loop that is gone leaves a process that answers HTTP but does none
+    of its work, and only a supervisor's restart brings it back.
+    """
 
 
 # A pass that failed (database or broker unreachable) is tried again soon, forever:
@@ -121,7 +132,9 @@ async def serve(
 
     HTTP stops accepting first and in-flight requests finish; then the
     background loops stop (consumers commit what they applied, the relay ends
-    its batch); the caller closes Kafka and the pool after this returns.
+    its batch); the caller closes Kafka and the pool after this returns.  If a
+    background loop ends on its own, everything stops the same way and
+    ``BackgroundLoopDied`` is raised.
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -131,22 +144,32 @@ async def serve(
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    tasks = [asyncio.create_task(background.run()) for background in loops]
+    tasks = {
+        asyncio.create_task(background.run(), name=type(background).__name__): background
+        for background in loops
+    }
     log.info("serving", extra={"host": host, "port": port})
+    died: list[asyncio.Task[None]] = []
+    waiter = asyncio.create_task(stop.wait())
     try:
-        waiter = asyncio.create_task(stop.wait())
         await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if task.done() and task.exception() is not None:
-                log.error("background loop died", exc_info=task.exception())
+        died = [task for task in tasks if task.done()]
+        for task in died:
+            cause = None if task.cancelled() else task.exception()
+            log.error("background loop died", extra={"loop": task.get_name()}, exc_info=cause)
     finally:
+        waiter.cancel()
         log.info("stopping")
         await runner.cleanup()
         for background in loops:
             background.stop()
         results = await asyncio.gather(*tasks, return_exceptions=True)
-        for result in results:
+        for task, result in zip(tasks, results, strict=True):
+            if task in died:
+                continue
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 log.error("background loop failed while stopping", exc_info=result)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+    if died:
+        raise BackgroundLoopDied(", ".join(task.get_name() for task in died))

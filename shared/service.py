@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,7 +26,7 @@ from shared.http.api import Api, RevocationCheck
 from shared.http.app import DEFAULT_MAX_BODY_BYTES, create_app
 from shared.migrations import PLUMBING_MIGRATIONS, migrate
 from shared.outbox import OutboxRelay
-from shared.runtime import BackgroundLoop, Periodic, serve
+from shared.runtime import BackgroundLoop, BackgroundLoopDied, Periodic, serve
 from shared.settings import Secret, load_settings, read_key_file
 from shared.tokens import TokenVerifier
 
@@ -178,14 +179,18 @@ def main(
     topics: Sequence[Topic],
     composer: Callable[[S], Compose],
 ) -> None:
-    """Entry point of ``python -m services.<name>``."""
+    """Entry point of ``python -m services.<name>``; exits 1 when a background loop died."""
     settings = load_settings(settings_type, name)
-    asyncio.run(
-        run_service(
-            name=name,
-            settings=settings,
-            migrations=migrations,
-            topics=topics,
-            compose=composer(settings),
+    try:
+        asyncio.run(
+            run_service(
+                name=name,
+                settings=settings,
+                migrations=migrations,
+                topics=topics,
+                compose=composer(settings),
+            )
         )
-    )
+    except BackgroundLoopDied:
+        # Logged with its cause already; a supervisor restarts the service.
+        sys.exit(1)
