@@ -25,19 +25,20 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import ClassVar
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY
 
 from shared import db, kafka
-from shared.contracts.envelope import Envelope, Topic, encode_envelope, new_envelope
+from shared.contracts.envelope import Envelope, Event, Topic, encode_envelope, new_envelope
 from shared.migrations import PLUMBING_MIGRATIONS, migrate
 from shared.outbox import OutboxRelay, append, kafka_headers
-from tests.support.events import Ping
-from tests.support.infra import Infra, create_database, drop_database, unique_name
 
 Figure = tuple[str, float, str]
 
@@ -54,13 +55,38 @@ OUTBOX_COMMITS = "outbox commits, 32 writers"
 NOTIFY_COMMITS = "outbox commits + NOTIFY, 32 writers"
 
 
+class Ping(Event, frozen=True, kw_only=True):
+    EVENT_TYPE: ClassVar[str] = "bench.ping"
+
+    n: int
+
+
 def _envelopes(topic: Topic, count: int) -> list[Envelope]:
     return [new_envelope(Ping(n=n), key=f"key-{n % KEYS}", producer=PRODUCER) for n in range(count)]
 
 
 @asynccontextmanager
+async def _database(admin_dsn: str) -> AsyncIterator[str]:
+    """A fresh database with the plumbing tables, dropped afterwards."""
+    name = f"bench_outbox_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        dsn = urlunsplit(urlsplit(admin_dsn)._replace(path=f"/{name}"))
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate(conn, [("plumbing", PLUMBING_MIGRATIONS)])
+        finally:
+            await conn.close()
+        yield dsn
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@asynccontextmanager
 async def _topic(bootstrap: str) -> AsyncIterator[Topic]:
-    topic = Topic(unique_name("bench_outbox"), 6, "a bench key", (Ping,))
+    topic = Topic(f"bench.outbox.{uuid.uuid4().hex[:10]}", 6, "a bench key", (Ping,))
     await kafka.ensure_topics(bootstrap, kafka.topic_specs([topic]))
     try:
         yield topic
@@ -174,24 +200,14 @@ async def commit_rates(pool: db.Pool, topic: Topic) -> list[Figure]:
 
 
 async def measure(kafka_bootstrap: str, admin_dsn: str) -> list[Figure]:
-    infra = Infra(kafka_bootstrap=kafka_bootstrap, admin_dsn=admin_dsn, source="environment")
-    dsn = await create_database(infra, "bench_outbox")
-    try:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await migrate(conn, [("plumbing", PLUMBING_MIGRATIONS)])
-        finally:
-            await conn.close()
+    async with _database(admin_dsn) as dsn, _topic(kafka_bootstrap) as topic:
         pool = await db.create_pool(dsn, min_size=WRITERS, max_size=WRITERS + 4)
         try:
-            async with _topic(kafka_bootstrap) as topic:
-                produced = await raw_produce(kafka_bootstrap, topic, _envelopes(topic, BACKLOG))
-                drained = await relay_drain(kafka_bootstrap, pool, topic)
-                commits = await commit_rates(pool, topic)
+            produced = await raw_produce(kafka_bootstrap, topic, _envelopes(topic, BACKLOG))
+            drained = await relay_drain(kafka_bootstrap, pool, topic)
+            commits = await commit_rates(pool, topic)
         finally:
             await pool.close()
-    finally:
-        await drop_database(infra, dsn)
     return [(RAW_PRODUCE, produced, RAW_PRODUCE), (RELAY_DRAIN, drained, RAW_PRODUCE), *commits]
 
 
