@@ -44,11 +44,12 @@ import logging
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from asyncpg.pool import PoolConnectionProxy
 
 from shared import logs
 from shared.contracts.envelope import Envelope, Event, Topic, encode_envelope, new_envelope
-from shared.db import Connection, Pool
+from shared.db import TRANSIENT_DB_ERRORS, Connection, Pool
 from shared.metrics import OUTBOX_OLDEST_UNSENT_AGE, OUTBOX_PUBLISHED, OUTBOX_UNSENT
 from shared.runtime import PollingLoop
 
@@ -121,7 +122,9 @@ class OutboxRelay:
         self._topic_prefix = topic_prefix
         self._leader: PoolConnectionProxy[asyncpg.Record] | None = None
         self._backlog_measured_at: float | None = None
-        self._loop = PollingLoop("outbox-relay", self._pass)
+        self._loop = PollingLoop(
+            "outbox-relay", self._pass, transient=(*TRANSIENT_DB_ERRORS, KafkaError)
+        )
 
     def stop(self) -> None:
         self._loop.stop()

@@ -45,9 +45,11 @@ class BackgroundLoopDied(Exception):
     """
 
 
-# A pass that failed (database or broker unreachable) is tried again soon, forever:
-# the work waits in the database, so a failure delays it and loses nothing.
-PASS_RETRY = RetryPolicy(first_backoff=0.5, max_backoff=10.0)
+# A pass that failed because the database or broker is unreachable is tried again
+# soon, forever: the work waits in the database, so the failure delays it and
+# loses nothing.  Any other failure is a bug or a wedged state: after
+# ``max_attempts`` of them in a row the loop dies, and with it the process.
+PASS_RETRY = RetryPolicy(max_attempts=5, first_backoff=0.5, max_backoff=10.0)
 
 
 class PollingLoop:
@@ -56,7 +58,9 @@ class PollingLoop:
     ``wake()`` cuts the current nap short, or the next one when it comes during
     a pass: the flag is cleared just before a pass starts, never after, so a
     wake-up that arrives while a pass runs is kept rather than erased.  A pass
-    that raises is logged and retried after ``retry``'s backoff.
+    that raises is logged and retried after ``retry``'s backoff: without limit
+    when the error is one of ``transient``, else up to ``retry.max_attempts``
+    failures in a row, after which ``run`` raises (see ``BackgroundLoopDied``).
     """
 
     def __init__(
@@ -64,10 +68,12 @@ class PollingLoop:
         name: str,
         one_pass: Callable[[], Awaitable[float]],
         *,
+        transient: tuple[type[BaseException], ...],
         retry: RetryPolicy = PASS_RETRY,
     ) -> None:
         self.name = name
         self._one_pass = one_pass
+        self._transient = transient
         self._retry = retry
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
@@ -85,13 +91,21 @@ class PollingLoop:
 
     async def run(self) -> None:
         failures = 0
+        persistent_failures = 0
         while not self._stopping.is_set():
             self._wake.clear()
             try:
                 pause = await self._one_pass()
-                failures = 0
+                failures = persistent_failures = 0
+            except self._transient:
+                failures += 1
+                log.warning("pass failed, retrying", extra={"loop": self.name}, exc_info=True)
+                pause = self._retry.backoff(failures)
             except Exception:
                 failures += 1
+                persistent_failures += 1
+                if persistent_failures >= self._retry.max_attempts:
+                    raise
                 log.exception("pass failed, retrying", extra={"loop": self.name})
                 pause = self._retry.backoff(failures)
             if pause > 0:
