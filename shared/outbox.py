@@ -208,9 +208,11 @@ class OutboxRelay:
         conn, self._leader = self._leader, None
         if conn is None:
             return
-        with contextlib.suppress(Exception):  # gone with the server: the lock is gone too
+        # Gone with the server, the connection took the lock with it: nothing to undo.
+        with contextlib.suppress(Exception):
             await conn.execute("SELECT pg_advisory_unlock($1)", _RELAY_LOCK_KEY)
-        await self._pool.release(conn)
+        with contextlib.suppress(Exception):
+            await self._pool.release(conn)
 
     async def _export_backlog(self) -> None:
         """Every replica exports the backlog it sees, at most every few seconds."""
