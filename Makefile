@@ -1,6 +1,6 @@
 # One target per thing a developer does. `make run` and `make test` are the two
 # set-up commands of the README: each installs what it needs first.
-.PHONY: deps run stop status test lint typecheck test-unit test-integration test-e2e bench
+.PHONY: deps run stop status test lint typecheck test-unit test-integration test-e2e bench bench-plumbing
 
 deps:
 	@bash deploy/local/prerequisites.sh
@@ -37,3 +37,8 @@ test: lint typecheck
 bench: deps
 	uv run python -m bench.catalog_browse
 	uv run python -m bench.orders_place --profile
+
+# Consumers (and, once there, the relay) beside raw Kafka and PostgreSQL; uses
+# TEST_KAFKA_BOOTSTRAP/TEST_PG_DSN when set, else starts its own servers.
+bench-plumbing: deps
+	uv run python -m bench.plumbing
