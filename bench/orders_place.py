@@ -337,6 +337,9 @@ def running_stack(
             orders_port, bare_port, dsn, bare_dsn, TokenIssuer(private_pem, ttl=timedelta(hours=1))
         )
     finally:
+        if servers[0].poll() is not None:
+            tail = (state / "orders.log").read_bytes()[-3000:].decode(errors="replace")
+            print(f"the orders service exited with {servers[0].returncode}:\n{tail}", flush=True)
         for server in servers:
             server.terminate()
         for server in servers:

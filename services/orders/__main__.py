@@ -8,15 +8,16 @@ from pathlib import Path
 from services.orders import consumers, handlers
 from services.orders.http import OrdersHttp, build_api, utc_now
 from shared import account_generations
-from shared.contracts import fulfillments, orders
+from shared.contracts import catalog_accounts, fulfillments, orders
 from shared.service import Compose, Composition, Runtime, ServiceSettings, main
 from shared.timers import TimerLoop
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Orders refuses tokens a rotation superseded, from its own view of catalog.accounts.
 EXTRA_MIGRATIONS = (account_generations.MIGRATIONS,)
-# Its own topics, and the catalog's it reads (created if the catalog has not yet).
-TOPICS = (orders.TOPIC, fulfillments.TOPIC, *consumers.CATALOG_TOPICS)
+# Its own topics, and the catalog's it reads (created if the catalog has not yet:
+# a consumer of a topic that does not exist stops the service).
+TOPICS = (orders.TOPIC, fulfillments.TOPIC, *consumers.CATALOG_TOPICS, catalog_accounts.TOPIC)
 
 
 class OrdersSettings(ServiceSettings, kw_only=True):
