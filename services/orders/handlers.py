@@ -60,21 +60,15 @@ async def place_order(
     now: datetime,
     acceptance_window: timedelta,
 ) -> Order:
-    offerings = await store.current_offerings(conn, sorted({line.offering_id for line in lines}))
-    agreement_ids = sorted(
-        {
-            c.agreement_id
-            for offering in offerings.values()
-            for c in offering.components
-            if c.agreement_id is not None
-        }
+    offerings, agreements = await store.orderable_terms(
+        conn, sorted({line.offering_id for line in lines})
     )
     transition = domain.price_order(
         order_id=new_id("ord"),
         customer_id=customer_id,
         requested=lines,
         offerings=offerings,
-        agreements=await store.agreements(conn, agreement_ids),
+        agreements=agreements,
         now=now,
         acceptance_window=acceptance_window,
         new_id=new_id,

@@ -26,6 +26,7 @@ from shared.db import Connection
 _encoder = msgspec.json.Encoder()
 _catalog_components = msgspec.json.Decoder(tuple[ComponentState, ...])
 _ordered_components = msgspec.json.Decoder(tuple[OrderedComponent, ...])
+_agreements = msgspec.json.Decoder(list[Agreement])
 
 
 async def record_offering(conn: Connection, offering: OfferingState) -> None:
@@ -62,17 +63,27 @@ async def record_agreement(conn: Connection, agreement: AgreementState) -> None:
     )
 
 
-async def current_offerings(
+async def orderable_terms(
     conn: Connection, offering_ids: Sequence[str]
-) -> dict[str, OfferingVersion]:
+) -> tuple[dict[str, OfferingVersion], dict[str, Agreement]]:
+    """The current version of each offering, and the agreements its components name.
+
+    One query: placing an order reads both on every request.
+    """
     rows = await conn.fetch(
-        "SELECT DISTINCT ON (offering_id) offering_id, version, owner_id, status, orderable,"
-        " currency, components FROM offering_versions WHERE offering_id = ANY($1::text[])"
-        " ORDER BY offering_id, version DESC",
+        "SELECT DISTINCT ON (v.offering_id) v.offering_id, v.version, v.owner_id, v.status,"
+        " v.orderable, v.currency, v.components, (SELECT coalesce(jsonb_agg(jsonb_build_object("
+        "'agreement_id', a.agreement_id, 'status', a.status, 'expires_at', a.expires_at)), '[]')"
+        " FROM agreements a WHERE a.agreement_id IN (SELECT c ->> 'agreement_id'"
+        " FROM jsonb_array_elements(v.components) c)) AS agreements"
+        " FROM offering_versions v WHERE v.offering_id = ANY($1::text[])"
+        " ORDER BY v.offering_id, v.version DESC",
         list(offering_ids),
     )
-    return {
-        row["offering_id"]: OfferingVersion(
+    offerings: dict[str, OfferingVersion] = {}
+    agreements: dict[str, Agreement] = {}
+    for row in rows:
+        offerings[row["offering_id"]] = OfferingVersion(
             offering_id=row["offering_id"],
             version=row["version"],
             owner_id=row["owner_id"],
@@ -81,20 +92,9 @@ async def current_offerings(
             currency=row["currency"],
             components=_catalog_components.decode(row["components"]),
         )
-        for row in rows
-    }
-
-
-async def agreements(conn: Connection, agreement_ids: Sequence[str]) -> dict[str, Agreement]:
-    rows = await conn.fetch(
-        "SELECT agreement_id, status, expires_at FROM agreements"
-        " WHERE agreement_id = ANY($1::text[])",
-        list(agreement_ids),
-    )
-    return {
-        row["agreement_id"]: Agreement(row["agreement_id"], row["status"], row["expires_at"])
-        for row in rows
-    }
+        for agreement in _agreements.decode(row["agreements"]):
+            agreements[agreement.agreement_id] = agreement
+    return offerings, agreements
 
 
 async def insert_order(conn: Connection, order: Order) -> None:
