@@ -21,7 +21,10 @@ from shared import db, kafka, logs
 from shared.contracts.envelope import Topic
 from shared.http import idempotency
 from shared.http.api import Api, RevocationCheck
-from shared.http.app import DEFAULT_MAX_BODY_BYTES, create_app
+from shared.http.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE_LIMIT, DEFAULT_TIMEOUTS, create_app
+from shared.http.idempotency import KeySecret
+from shared.http.rate_limit import RateLimit
+from shared.http.server import Timeouts
 from shared.migrations import PLUMBING_MIGRATIONS, migrate
 from shared.outbox import OutboxRelay
 from shared.runtime import BackgroundLoop, Periodic, serve
@@ -46,6 +49,12 @@ class ServiceSettings(msgspec.Struct, kw_only=True):
     db_pool_size: int = 10
     shutdown_timeout_seconds: float = 20.0
     startup_timeout_seconds: float = 60.0
+    # The front door; README "Front door" says what each one means.
+    public_rate_limit_per_minute: float = DEFAULT_RATE_LIMIT.per_minute
+    public_rate_limit_burst: int = DEFAULT_RATE_LIMIT.burst
+    http_header_timeout_seconds: float = DEFAULT_TIMEOUTS.header_seconds
+    http_body_timeout_seconds: float = DEFAULT_TIMEOUTS.body_seconds
+    idempotency_secret: Secret | None = None
 
 
 @dataclass
@@ -130,6 +139,13 @@ async def run_service(
                 ("kafka", lambda: kafka.kafka_reachable(producer)),
             ],
             max_body_bytes=settings.max_body_bytes,
+            key_secret=KeySecret.configured(settings.idempotency_secret, settings.operator_token),
+            public_rate_limit=RateLimit(
+                settings.public_rate_limit_per_minute, settings.public_rate_limit_burst
+            ),
+            timeouts=Timeouts(
+                settings.http_header_timeout_seconds, settings.http_body_timeout_seconds
+            ),
             **({"revocations": composition.revocations} if composition.revocations else {}),
         )
         loops: list[BackgroundLoop] = [

@@ -15,8 +15,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from shared import logs
 from shared.db import Pool
 from shared.errors import Conflict, DomainError, NotAllowed, NotFound, RuleViolated
-from shared.http.api import DB_POOL, REVOCATIONS, VERIFIER, Api, RevocationCheck, openapi_document
-from shared.http.problems import FieldError, HTTPProblem, problem_response
+from shared.http.api import (
+    DB_POOL,
+    KEY_SECRET,
+    PUBLIC_RATE_LIMITER,
+    REVOCATIONS,
+    TIMEOUTS,
+    VERIFIER,
+    Api,
+    RevocationCheck,
+    openapi_document,
+)
+from shared.http.idempotency import KeySecret
+from shared.http.problems import FieldError, HTTPProblem, bad_request, problem_response
+from shared.http.rate_limit import RateLimit, RateLimiter
+from shared.http.server import SERVER_NAME, Timeouts
 from shared.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from shared.tokens import TokenVerifier
 
@@ -27,6 +40,8 @@ READINESS = web.AppKey("readiness_checks", list[tuple[str, ReadinessCheck]])
 
 CORRELATION_HEADER = "X-Correlation-Id"
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_RATE_LIMIT = RateLimit()
+DEFAULT_TIMEOUTS = Timeouts()
 
 _STATUS_TITLES = {
     404: "Not found",
@@ -48,12 +63,20 @@ def create_app(
     readiness: Sequence[tuple[str, ReadinessCheck]],
     revocations: RevocationCheck = _never_revoked,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    key_secret: KeySecret | None = None,
+    public_rate_limit: RateLimit = DEFAULT_RATE_LIMIT,
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
 ) -> web.Application:
+    """``key_secret``: replicas of one service must share it; random when not given."""
     app = web.Application(middlewares=[_observe], client_max_size=max_body_bytes)
     app[DB_POOL] = pool
     app[VERIFIER] = verifier
     app[REVOCATIONS] = revocations
+    app[KEY_SECRET] = key_secret or KeySecret.random()
+    app[PUBLIC_RATE_LIMITER] = RateLimiter(public_rate_limit)
+    app[TIMEOUTS] = timeouts
     app[READINESS] = list(readiness)
+    app.on_response_prepare.append(_conventional_headers)
     document = msgspec.json.encode(openapi_document(api, _operational_paths()))
     api.install(app)
     app.router.add_get("/healthz", _healthz)
@@ -65,6 +88,13 @@ def create_app(
 
     app.router.add_get("/openapi.json", openapi)
     return app
+
+
+async def _conventional_headers(_: web.Request, response: web.StreamResponse) -> None:
+    # No versions for a scanner to match; replies carry tokens and personal data, keep them
+    # out of every cache on the way.
+    response.headers["Server"] = SERVER_NAME
+    response.headers["Cache-Control"] = "no-store"
 
 
 @web.middleware
@@ -93,7 +123,14 @@ async def _as_problem(
     try:
         return await handler(request)
     except HTTPProblem as problem:
-        return problem_response(problem)
+        response = problem_response(problem)
+        if problem.problem.status == 408:
+            response.force_close()  # the rest of a late body is not worth waiting for
+        return response
+    except ConnectionError:
+        # The client went away mid-request (typically mid-body): its choice, not our error.
+        log.info("client disconnected", extra={"path": request.path, "method": request.method})
+        return problem_response(bad_request("the client disconnected"))
     except DomainError as refusal:
         return problem_response(problem_of(refusal))
     except web.HTTPException as exc:

@@ -57,6 +57,18 @@ class Reply:
         return self.body
 
 
+def as_outsider_sees(offering: Mapping[str, Any]) -> dict[str, Any]:
+    """An offering as a caller who is party to none of its co-sell terms sees it."""
+    hidden = ("agreement_id", "share_bps")
+    return {
+        **offering,
+        "components": [
+            {k: v for k, v in component.items() if k not in hidden}
+            for component in offering["components"]
+        ],
+    }
+
+
 @dataclass(frozen=True)
 class Account:
     """A partner or a customer together with the bearer token it was given."""
@@ -286,6 +298,9 @@ async def catalog(infra: Infra, token_keys: TokenKeys) -> AsyncIterator[Catalog]
             topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
             agreement_expiry_check_seconds=0.2,
             shutdown_timeout_seconds=5,
+            # Tests sign up many customers from one address; tests/security checks the limit.
+            public_rate_limit_per_minute=100_000,
+            public_rate_limit_burst=10_000,
         )
         async with (
             running_service(
