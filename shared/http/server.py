@@ -87,8 +87,15 @@ class FrontDoorRunner(web.AppRunner):
     """``web.AppRunner`` whose connections answer parse errors as problems, with timeouts."""
 
     def __init__(self, app: web.Application, *, timeouts: Timeouts, **kwargs: Any) -> None:
-        # A connection that sends no complete request head in time is closed by this timer.
-        super().__init__(app, keepalive_timeout=timeouts.header_seconds, **kwargs)
+        super().__init__(
+            app,
+            # A connection that sends no complete request head in time is closed by this timer.
+            keepalive_timeout=timeouts.header_seconds,
+            # After a reply sent before the body was read (a 401, a 408), what is left of the
+            # body is read and dropped for this long at most, then the connection is closed.
+            lingering_time=timeouts.body_seconds,
+            **kwargs,
+        )
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()

@@ -34,7 +34,7 @@ async def running_service(
             topics=topics,
             compose=compose,
             stop=stop,
-            extra_migrations=extra_migrations,
+            **({"extra_migrations": extra_migrations} if extra_migrations else {}),
         ),
         name=f"{name}-under-test",
     )

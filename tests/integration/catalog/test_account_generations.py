@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pytest_asyncio
 
 from deploy.local.infra import free_port
-from services.orders.__main__ import EXTRA_MIGRATIONS, MIGRATIONS, OrdersSettings, compose
+from services.orders.__main__ import EXTRA_MIGRATIONS, MIGRATIONS, TOPICS, OrdersSettings, compose
 from shared import account_generations, db
 from shared.contracts.catalog_accounts import (
     CustomerRegistered,
@@ -50,7 +50,7 @@ async def orders_pool(
             "orders",
             settings,
             migrations=MIGRATIONS,
-            topics=(),
+            topics=TOPICS,
             compose=compose,
             extra_migrations=EXTRA_MIGRATIONS,
         ):
