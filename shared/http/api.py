@@ -262,19 +262,20 @@ def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[we
             if principal is None:
                 idempotency.require_unguessable(key)
         raw_body = await _read_body(request)
-        subject = principal.subject if principal else "anonymous"
-        fingerprint = idempotency.fingerprint(request.method, request.path_qs, raw_body)
+        keyed = None
+        if key is not None:
+            keyed = idempotency.KeyedRequest(
+                subject=principal.subject if principal else "anonymous",
+                key=key,
+                fingerprint=idempotency.fingerprint(request.method, request.path_qs, raw_body),
+                shows_secret=endpoint.shows_secret,
+            )
         if stale:
+            assert keyed is not None  # a stale token without a key was refused above
             # A retry of a request that succeeded (a rotation whose reply was lost) gets
             # that reply, though its success superseded the very token it was sent with.
-            assert key is not None
             replay = await idempotency.replay_stored(
-                request.app[DB_POOL],
-                request.app[KEY_SECRET],
-                subject=subject,
-                key=key,
-                fingerprint=fingerprint,
-                shows_secret=endpoint.shows_secret,
+                request.app[DB_POOL], request.app[KEY_SECRET], keyed
             )
             if replay is None:
                 raise unauthorized(_SUPERSEDED)
@@ -286,17 +287,14 @@ def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[we
             _decode_query(request, endpoint.query, integer_params) if endpoint.query else None
         )
         call: Call[Any, Any] = Call(request, principal, body, query)
-        if key is None:
+        if keyed is None:
             response = await _respond(endpoint, call, None)
         else:
             response, fresh = await idempotency.run_once(
                 request.app[DB_POOL],
                 request.app[KEY_SECRET],
-                subject=subject,
-                key=key,
-                fingerprint=fingerprint,
-                shows_secret=endpoint.shows_secret,
-                respond=lambda conn: _respond(endpoint, call, conn),
+                keyed,
+                lambda conn: _respond(endpoint, call, conn),
             )
             if not fresh:
                 return response

@@ -28,6 +28,7 @@ import hmac
 import os
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 from cryptography.exceptions import InvalidTag
@@ -127,17 +128,24 @@ def check_shape(key: str) -> None:
         raise invalid(HEADER, f"must be 1 to {MAX_KEY_LENGTH} printable characters")
 
 
+@dataclass(frozen=True)
+class KeyedRequest:
+    """A POST under an Idempotency-Key: who sent it, the key, and what exactly was asked."""
+
+    subject: str
+    key: str
+    fingerprint: bytes
+    shows_secret: bool  # its reply carries a token, so it is replayed only briefly
+
+
 async def run_once(
     pool: Pool,
     secret: KeySecret,
-    *,
-    subject: str,
-    key: str,
-    fingerprint: bytes,
-    shows_secret: bool,
+    request: KeyedRequest,
     respond: Callable[[Connection], Awaitable[web.Response]],
 ) -> tuple[web.Response, bool]:
     """The reply, and whether it is fresh (False: a replay of the stored one)."""
+    subject, key, fingerprint = request.subject, request.key, request.fingerprint
     check_shape(key)
     stored_key = secret.digest(subject, key)
     try:
@@ -175,24 +183,17 @@ async def run_once(
                 return response, True
     except _Refused as refused:
         return refused.response, False
-    replay = await replay_stored(
-        pool, secret, subject=subject, key=key, fingerprint=fingerprint, shows_secret=shows_secret
-    )
+    replay = await replay_stored(pool, secret, request)
     if replay is None:
         raise conflict("this Idempotency-Key was already used with a different request")
     return replay, False
 
 
 async def replay_stored(
-    pool: Pool,
-    secret: KeySecret,
-    *,
-    subject: str,
-    key: str,
-    fingerprint: bytes,
-    shows_secret: bool,
+    pool: Pool, secret: KeySecret, request: KeyedRequest
 ) -> web.Response | None:
     """The stored reply to this very request, if one is kept; None if there is none."""
+    subject, key = request.subject, request.key
     stored_key = secret.digest(subject, key)
     async with pool.acquire() as conn:
         stored = await conn.fetchrow(
@@ -205,9 +206,9 @@ async def replay_stored(
             SECRET_REPLY_MINUTES,
             RETENTION_HOURS,
         )
-        if stored is None or stored["fingerprint"] != fingerprint:
+        if stored is None or stored["fingerprint"] != request.fingerprint:
             return None
-        if stored["body"] is None or (shows_secret and not stored["recent"]):
+        if stored["body"] is None or (request.shows_secret and not stored["recent"]):
             # The request was carried out; the secret it returned is no longer kept.
             await conn.execute(
                 "UPDATE idempotency_keys SET body = NULL WHERE principal = $1 AND key = $2",

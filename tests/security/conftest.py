@@ -11,22 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
-import aiohttp
-import msgspec
 import pytest
 import pytest_asyncio
 
-from deploy.local.infra import free_port
-from services.catalog.__main__ import MIGRATIONS, TOPICS, CatalogSettings, composer
-from shared.settings import Secret
-from tests.integration.catalog.conftest import Catalog
-from tests.support.infra import Infra, temporary_database
+from tests.integration.catalog.conftest import Catalog, running_catalog
+from tests.support.infra import Infra
 from tests.support.keys import TokenKeys
-from tests.support.running import running_service
 
 HEADER_TIMEOUT = 1.0
 BODY_TIMEOUT = 1.0
@@ -67,65 +59,24 @@ def service_log() -> Iterator[LogRecorder]:
         root.removeHandler(recorder)
 
 
-def catalog_settings(infra: Infra, keys: TokenKeys, dsn: str, **front_door: Any) -> CatalogSettings:
-    # Settings this code does not know yet are left out, so that these tests run (and fail
-    # for the hole they replay) on the code from before the fix as well.
-    known = {f.name for f in msgspec.structs.fields(CatalogSettings)}
-    values: dict[str, Any] = {
-        "database_url": dsn,
-        "http_port": free_port(),
-        "operator_token": Secret(keys.operator_token),
-        "token_public_key_file": keys.public_key_file,
-        "token_signing_key_file": keys.private_key_file,
-        "kafka_bootstrap": infra.kafka_bootstrap,
-        "topic_prefix": f"t{uuid.uuid4().hex[:10]}.",
-        "shutdown_timeout_seconds": 5,
-        **front_door,
-    }
-    return CatalogSettings(**{k: v for k, v in values.items() if k in known})
-
-
-async def _catalog(infra: Infra, keys: TokenKeys, **front_door: Any) -> AsyncIterator[Catalog]:
-    async with temporary_database(infra, "catalog") as dsn:
-        settings = catalog_settings(infra, keys, dsn, **front_door)
-        async with (
-            running_service(
-                "catalog",
-                settings,
-                migrations=MIGRATIONS,
-                topics=TOPICS,
-                compose=composer(settings),
-            ) as base_url,
-            aiohttp.ClientSession() as session,
-        ):
-            yield Catalog(
-                base_url=base_url,
-                operator_token=keys.operator_token,
-                database_url=dsn,
-                kafka_bootstrap=infra.kafka_bootstrap,
-                topic_prefix=settings.topic_prefix,
-                session=session,
-            )
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def catalog(infra: Infra, token_keys: TokenKeys) -> AsyncIterator[Catalog]:
-    async for running in _catalog(
+    async with running_catalog(
         infra,
         token_keys,
         public_rate_limit_per_minute=100_000,
         public_rate_limit_burst=10_000,
         http_header_timeout_seconds=HEADER_TIMEOUT,
         http_body_timeout_seconds=BODY_TIMEOUT,
-    ):
+    ) as running:
         yield running
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def limited_catalog(infra: Infra, token_keys: TokenKeys) -> AsyncIterator[Catalog]:
-    async for running in _catalog(
+    async with running_catalog(
         infra, token_keys, public_rate_limit_per_minute=6, public_rate_limit_burst=5
-    ):
+    ) as running:
         yield running
 
 

@@ -24,7 +24,6 @@ import pytest
 import pytest_asyncio
 
 from deploy.local.infra import free_port
-from services.orders.__main__ import OrdersSettings, compose
 from shared import db
 from shared.http.api import PUBLIC, Api, Call
 from shared.http.app import create_app
@@ -47,43 +46,21 @@ from tests.security.test_malformed_requests import (
     status_of,
 )
 from tests.security.test_small_things import forged
-from tests.support.infra import REPO_ROOT, Infra, temporary_database
+from tests.support.infra import Infra, temporary_database
 from tests.support.keys import TokenKeys
-from tests.support.running import running_service
+from tests.support.running import running_orders
 from tests.support.waiting import wait_for
-
-try:  # the projection arrived with issue 6; before it, orders had neither
-    from services.orders.__main__ import EXTRA_MIGRATIONS, TOPICS
-except ImportError:
-    EXTRA_MIGRATIONS, TOPICS = (), ()  # type: ignore[assignment]
-
-MIGRATIONS = REPO_ROOT / "services" / "orders" / "migrations"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def orders(infra: Infra, token_keys: TokenKeys) -> AsyncIterator[str]:
-    async with temporary_database(infra, "orders") as dsn:
-        known = {f.name for f in msgspec.structs.fields(OrdersSettings)}
-        values: dict[str, Any] = {
-            "database_url": dsn,
-            "http_port": free_port(),
-            "operator_token": Secret(token_keys.operator_token),
-            "token_public_key_file": token_keys.public_key_file,
-            "kafka_bootstrap": infra.kafka_bootstrap,
-            "topic_prefix": f"t{uuid.uuid4().hex[:10]}.",
-            "shutdown_timeout_seconds": 5,
-            "http_header_timeout_seconds": HEADER_TIMEOUT,
-        }
-        settings = OrdersSettings(**{k: v for k, v in values.items() if k in known})
-        async with running_service(
-            "orders",
-            settings,
-            migrations=MIGRATIONS,
-            topics=TOPICS,
-            compose=compose,
-            extra_migrations=EXTRA_MIGRATIONS,
-        ) as base_url:
-            yield base_url
+    async with (
+        temporary_database(infra, "orders") as dsn,
+        running_orders(
+            infra, token_keys, dsn, http_header_timeout_seconds=HEADER_TIMEOUT
+        ) as base_url,
+    ):
+        yield base_url
 
 
 @pytest.mark.parametrize(
