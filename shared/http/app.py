@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -39,6 +40,7 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 READINESS = web.AppKey("readiness_checks", list[tuple[str, ReadinessCheck]])
 
 CORRELATION_HEADER = "X-Correlation-Id"
+_CORRELATION_SHAPE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_RATE_LIMIT = RateLimit()
 DEFAULT_TIMEOUTS = Timeouts()
@@ -102,8 +104,11 @@ async def _observe(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Correlation id, metrics and the one place where errors become problems."""
-    correlation = request.headers.get(CORRELATION_HEADER) or uuid.uuid4().hex
-    token = logs.correlation_id.set(correlation[:128])
+    sent = request.headers.get(CORRELATION_HEADER, "")
+    # The one header value that reaches the log, so only in a shape that cannot carry a
+    # secret's worth of surprise or forge a log line: otherwise a fresh id replaces it.
+    correlation = sent if _CORRELATION_SHAPE.fullmatch(sent) else uuid.uuid4().hex
+    token = logs.correlation_id.set(correlation)
     started = time.perf_counter()
     try:
         response = await _as_problem(request, handler)
@@ -113,7 +118,7 @@ async def _observe(
     route_name = route.canonical if route is not None else "unmatched"
     HTTP_REQUESTS.labels(route_name, request.method, str(response.status)).inc()
     HTTP_LATENCY.labels(route_name, request.method).observe(time.perf_counter() - started)
-    response.headers[CORRELATION_HEADER] = correlation[:128]
+    response.headers[CORRELATION_HEADER] = correlation
     return response
 
 

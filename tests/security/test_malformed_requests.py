@@ -64,6 +64,11 @@ async def test_a_token_in_a_malformed_header_never_reaches_log_or_reply(
         )
         assert raw, f"no reply to {line!r}"
         assert token.encode() not in raw, f"the token came back in the reply to {line!r}"
+    # A token pasted into the one header that is echoed and logged (the correlation id).
+    pasted = await catalog.call(
+        "GET", "/v1/offerings", token=token, headers={"X-Correlation-Id": f"Bearer {token}"}
+    )
+    assert token not in str(pasted.headers)
     assert token not in service_log.text(), "the token reached the log"
 
 
