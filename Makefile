@@ -1,6 +1,6 @@
 # One target per thing a developer does. `make run` and `make test` are the two
 # set-up commands of the README: each installs what it needs first.
-.PHONY: deps run stop status test lint typecheck test-unit test-integration test-e2e bench bench-plumbing
+.PHONY: deps run stop status test lint typecheck test-unit test-integration test-e2e test-security bench bench-plumbing
 
 deps:
 	@bash deploy/local/prerequisites.sh
@@ -29,6 +29,9 @@ test-integration: deps
 
 test-e2e: deps
 	uv run pytest tests/e2e
+
+test-security: deps
+	uv run pytest tests/security
 
 # The whole suite: static checks, then every test level in one pytest run.
 test: lint typecheck
