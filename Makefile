@@ -36,3 +36,9 @@ test: lint typecheck
 
 bench: deps
 	uv run python -m bench.catalog_browse
+
+# A co-sell day played against the marketplace `make run` started; flags via
+# ARGS, e.g. make demo ARGS="--orders 500 --concurrency 32 --seed 3".
+.PHONY: demo
+demo: deps
+	uv run python -m deploy.demo $(ARGS)
