@@ -12,6 +12,7 @@ from deploy.demo.plan import Fate
 from deploy.demo.statements import Earnings
 
 STATUSES = ("fulfilled", "confirmed", "pending", "cancelled")
+KIND_LABELS = {"isv": "ISV", "managed_service": "MSP", "integrator": "integrator"}
 
 
 def money(amount: int) -> str:
@@ -100,18 +101,21 @@ def _orders(day: DaySummary) -> list[str]:
         lines += ["", "  how each order was meant to end, and how it did"]
         for outcome in day.fates:
             got = ", ".join(f"{count} {status}" for status, count in outcome.statuses.most_common())
-            lines.append(f"  {outcome.fate:<12}{outcome.statuses.total():>6}  → {got}")
+            lines.append(
+                f"  {outcome.fate:<12}{outcome.statuses.total():>6}  "
+                f"should end {outcome.expected:<10} ended {got}"
+            )
     answers = ", ".join(f"{count} {what}" for what, count in sorted(day.fulfilment_answers.items()))
     if answers:
         lines.append(f"  partners' answers: {answers}")
     if day.usage_reports:
         lines.append(f"  usage reported: {day.usage_reports} meter readings")
     if day.statuses["pending"] and not day.deadline_waited:
-        lines.append(
-            "  pending orders wait on a partner that never answered; the orders service "
-            "cancels them at its acceptance deadline (default 48 h). To watch it fire, start "
-            "the marketplace with ORDERS_ACCEPTANCE_DEADLINE_SECONDS=20 make run."
-        )
+        lines += [
+            "  pending orders wait on a partner that never answered; orders cancels them at",
+            "  its acceptance deadline (48 h by default). To watch it fire during the day:",
+            "  make stop && ORDERS_ACCEPTANCE_DEADLINE_SECONDS=20 make run && make demo",
+        ]
     return lines
 
 
@@ -119,18 +123,19 @@ def _earnings(partners: Sequence[PartnerDay]) -> list[str]:
     lines = [
         "Earnings, USD (from each partner's statement; gross and fee are of the "
         "charges it took part in)",
-        f"  {'partner':<24}{'kind':<17}{'charges':>8}{'gross':>14}{'fee':>12}"
-        f"{'share':>14}{'margin':>12}{'refunds':>12}{'net':>14}",
+        f"  {'partner':<24}{'kind':<11}{'charges':>8}{'gross':>13}{'fee':>11}"
+        f"{'share':>13}{'margin':>12}{'refunds':>11}{'net':>13}",
     ]
     for day in partners:
         e = day.earnings
+        kind = KIND_LABELS.get(day.kind, day.kind)
         if e is None:
-            lines.append(f"  {day.name:<24}{day.kind:<17}{'(no statement)':>8}")
+            lines.append(f"  {day.name:<24}{kind:<11}  (no statement)")
             continue
         lines.append(
-            f"  {day.name:<24}{day.kind:<17}{e.charges:>8}{money(e.gross):>14}"
-            f"{money(e.fees):>12}{money(e.shares):>14}{money(e.margins):>12}"
-            f"{money(e.refunds):>12}{money(e.net):>14}"
+            f"  {day.name:<24}{kind:<11}{e.charges:>8}{money(e.gross):>13}"
+            f"{money(e.fees):>11}{money(e.shares):>13}{money(e.margins):>12}"
+            f"{money(e.refunds):>11}{money(e.net):>13}"
         )
     return lines
 
@@ -144,7 +149,7 @@ def _balances(partners: Sequence[PartnerDay]) -> list[str]:
     for day in partners:
         b = day.balance
         if b is None:
-            lines.append(f"  {day.name:<24}{'(no balance)':>14}")
+            lines.append(f"  {day.name:<24}  (no balance)")
             continue
         agrees = ""
         if day.earnings is not None:
@@ -166,18 +171,24 @@ def _payouts(day: DaySummary) -> list[str]:
         )
     r = day.reconciliation
     if r is not None:
-        lines.append(
-            f"Reconciliation: {len(r.matched)} matched, {len(r.missing)} missing "
-            f"{_refs(r.missing)}, {len(r.unexpected)} unexpected {_refs(r.unexpected)}, "
-            f"{len(r.mismatched)} mismatched {_refs(r.mismatched)}".replace("  ", " ")
+        found = ", ".join(
+            f"{len(references)} {what}{_refs(references)}"
+            for what, references in (
+                ("matched", r.matched),
+                ("missing", r.missing),
+                ("unexpected", r.unexpected),
+                ("mismatched", r.mismatched),
+            )
         )
+        lines.append(f"Reconciliation: {found}")
     return lines
 
 
 def _refs(references: Sequence[str]) -> str:
-    return (
-        f"({', '.join(references[:3])}{', …' if len(references) > 3 else ''})" if references else ""
-    )
+    if not references:
+        return ""
+    more = ", …" if len(references) > 3 else ""
+    return f" ({', '.join(references[:3])}{more})"
 
 
 def _checks(day: DaySummary) -> list[str]:
