@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from pathlib import Path
@@ -80,6 +81,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    # The demo reports an unreachable broker itself, in one line.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
     def say(line: str) -> None:
         print(line, flush=True)

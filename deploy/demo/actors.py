@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy.demo import plan
 from deploy.demo.client import Marketplace, Refused, ServiceDown
@@ -457,20 +458,29 @@ async def open_fulfilment_feed(bootstrap: str, topic: str) -> AIOKafkaConsumer:
     """A consumer positioned at the end of every partition of ``topic``, before the day starts.
 
     No consumer group: the demo is a viewer with fresh partners, so it needs
-    only what is published from now on, and must not miss any of it.
+    only what is published from now on, and must not miss any of it.  The end
+    offsets are fixed explicitly (not a lazy "latest" reset, which would skip
+    whatever is published before the first fetch).
     """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    found = [d for d in described if d.get("topic") == topic and d.get("error_code") == 0]
+    if not found or not found[0].get("partitions"):
+        raise LookupError(
+            f"Kafka at {bootstrap} has no topic {topic!r}: is the orders service running "
+            "with the same MARKETPLACE_TOPIC_PREFIX?"
+        )
+    partitions = sorted(
+        (TopicPartition(topic, p["partition"]) for p in found[0]["partitions"]),
+        key=lambda partition: int(partition.partition),
+    )
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        topics = await consumer.topics()
-        if topic not in topics:
-            raise LookupError(
-                f"Kafka at {bootstrap} has no topic {topic!r}: is the orders service running "
-                "with the same MARKETPLACE_TOPIC_PREFIX?"
-            )
-        partitions = [
-            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))
-        ]
         consumer.assign(partitions)
         for partition, offset in (await consumer.end_offsets(partitions)).items():
             consumer.seek(partition, offset)

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
 from deploy.demo import plan
 from deploy.demo.actors import (
@@ -67,8 +68,11 @@ async def play(options: Options, say: Callable[[str], None]) -> DaySummary:
         topic = options.topic_prefix + fulfillments.TOPIC.name
         try:
             feed = await asyncio.wait_for(open_fulfilment_feed(options.kafka, topic), 20)
-        except (TimeoutError, OSError) as exc:
-            raise DemoStopped(f"Kafka is not reachable at {options.kafka} ({exc!r})") from exc
+        except (TimeoutError, OSError, KafkaError) as exc:
+            raise DemoStopped(
+                f"Kafka is not reachable at {options.kafka} ({type(exc).__name__}); "
+                "start the marketplace with `make run`, or pass --kafka"
+            ) from exc
         except LookupError as exc:
             raise DemoStopped(str(exc)) from exc
         try:
@@ -158,8 +162,11 @@ async def _settle_orders(
     give_up = loop.time() + options.settle_timeout
 
     async def status_of(order_id: str) -> tuple[str, str]:
-        body = await client.get("orders", f"/v1/orders/{order_id}", token=token)
-        return order_id, str(body.get("status", "?"))
+        try:
+            body = await client.get("orders", f"/v1/orders/{order_id}", token=token)
+        except Refused as refusal:
+            return order_id, f"unknown (HTTP {refusal.status})"
+        return order_id, str(body.get("status", "unknown"))
 
     while True:
         polled = await gather_limited(

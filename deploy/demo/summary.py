@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -105,9 +106,11 @@ def _orders(day: DaySummary) -> list[str]:
                 f"  {outcome.fate:<12}{outcome.statuses.total():>6}  "
                 f"should end {outcome.expected:<10} ended {got}"
             )
-    answers = ", ".join(f"{count} {what}" for what, count in sorted(day.fulfilment_answers.items()))
+    answers = ", ".join(f"{count} {what}" for what, count in day.fulfilment_answers.most_common())
     if answers:
-        lines.append(f"  partners' answers: {answers}")
+        lines += textwrap.wrap(
+            f"partners' answers: {answers}", width=96, initial_indent="  ", subsequent_indent="    "
+        )
     if day.usage_reports:
         lines.append(f"  usage reported: {day.usage_reports} meter readings")
     if day.statuses["pending"] and not day.deadline_waited:
