@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -202,6 +203,7 @@ class Customers:
         self.cast = cast
         self.script = script
         self.refused: Counter[str] = Counter()
+        self.cancels_refused: Counter[int] = Counter()
         self._warm_until = 0.0
         self._withdrawals: set[asyncio.Task[None]] = set()
 
@@ -270,7 +272,7 @@ class Customers:
         try:
             await self.client.act("orders", f"/v1/orders/{order_id}/cancel", token=customer.token)
         except Refused as refusal:
-            self.refused[f"cancel {refusal.status}"] += 1
+            self.cancels_refused[refusal.status] += 1
 
 
 def _problem_title(body: object) -> str:
@@ -318,7 +320,7 @@ class PartnerDesk:
     def _receive(self, value: bytes) -> None:
         try:
             event = self._registry.decode(decode_envelope(value))
-        except (UnknownEvent, ValueError):
+        except (UnknownEvent, msgspec.DecodeError):
             return  # not ours to judge; the services dead-letter bad events
         match event:
             case FulfillmentRequested(fulfillment=request):
@@ -385,7 +387,7 @@ class PartnerDesk:
         except TimeoutError:
             self.answers["never answered (deadline did not fire in time)"] += 1
             return
-        await self._try(partner, f"{path}/accept", "accepted too late")
+        await self._try(partner, f"{path}/accept", "accepted after the deadline")
 
     async def _confirmed(self, order_id: str, key: str, order: PlannedOrder) -> bool:
         """Wait until every partner of the order has accepted (then orders confirms it)."""
@@ -442,7 +444,7 @@ class PartnerDesk:
         except Refused as refusal:
             if refusal.status == 409 and what != "completed":
                 # The order moved on (another partner rejected, the deadline fired).
-                self.answers[f"{what}: refused, order already over"] += 1
+                self.answers[f"{what} but refused (order already over)"] += 1
                 return False
             raise
         self.answers[what] += 1

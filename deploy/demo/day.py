@@ -139,7 +139,9 @@ async def _day(
         reading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reading
-    _record_orders(summary, script, desk, statuses, options)
+    _record_orders(summary, script, desk, statuses)
+    for status, count in customers.cancels_refused.items():
+        summary.notes.append(f"{count} customer cancellations were refused with HTTP {status}")
     say("Settlement catches up; the operator runs the payouts and reconciles the bank statement.")
     await _close_the_books(
         client, operator.token, cast, summary, options, order_ids=set(statuses), since=since
@@ -184,7 +186,6 @@ def _record_orders(
     script: Script,
     desk: PartnerDesk,
     statuses: dict[str, str],
-    options: Options,
 ) -> None:
     placed = script.placed_orders()
     summary.statuses = Counter(statuses.values())

@@ -113,6 +113,8 @@ def _orders(day: DaySummary) -> list[str]:
         )
     if day.usage_reports:
         lines.append(f"  usage reported: {day.usage_reports} meter readings")
+    if day.deadline_seconds is not None:
+        lines.append(f"  acceptance deadline: {_duration(day.deadline_seconds)} after placing")
     if day.statuses["pending"] and not day.deadline_waited:
         lines += [
             "  pending orders wait on a partner that never answered; orders cancels them at",
@@ -120,6 +122,12 @@ def _orders(day: DaySummary) -> list[str]:
             "  make stop && ORDERS_ACCEPTANCE_DEADLINE_SECONDS=20 make run && make demo",
         ]
     return lines
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h"
+    return f"{seconds:g} s"
 
 
 def _earnings(partners: Sequence[PartnerDay]) -> list[str]:
