@@ -353,24 +353,28 @@ class PartnerDesk:
             return  # not an order this demo placed
         partner = self.cast.partners[key]
         path = f"/v1/fulfillments/{request.fulfillment_id}"
-        if order.decider == key and order.fate == "rejected":
-            await self._try(
-                partner, f"{path}/reject", "rejected", {"reason": "no capacity this month"}
-            )
+        what = plan.answer(order, key)
+        if what == "reject":
+            reason = {"reason": "no capacity this month"}
+            await self._try(partner, f"{path}/reject", "rejected", reason)
             return
-        if order.decider == key and order.fate == "late":
+        if what == "answer late":
             await self._answer_late(partner, request, path)
             return
         if not await self._try(partner, f"{path}/accept", "accepted"):
             return
-        if order.fate not in ("fulfilled", "confirmed"):
+        everyone = self._accepted_by(request.order_id, key, order)
+        readings = plan.usage_reported_by(order, key)
+        if what == "accept" and not readings:
             return
-        if not await self._confirmed(request.order_id, key, order):
+        try:
+            await asyncio.wait_for(everyone.wait(), CONFIRMATION_WAIT_SECONDS)
+        except TimeoutError:
+            self.answers["gave up waiting for the other partners"] += 1
             return
-        for offering_key, component in plan.metered_components(order):
-            if component.partner == key:
-                await self._report_usage(partner, request.order_id, order, offering_key)
-        if order.fate == "fulfilled":
+        for quantity in readings:
+            await self._report_usage(partner, request.order_id, quantity)
+        if what == "accept and complete":
             await self._until_confirmed(lambda: self._try(partner, f"{path}/complete", "completed"))
 
     async def _answer_late(self, partner: Account, request: FulfillmentState, path: str) -> None:
@@ -389,24 +393,16 @@ class PartnerDesk:
             return
         await self._try(partner, f"{path}/accept", "accepted after the deadline")
 
-    async def _confirmed(self, order_id: str, key: str, order: PlannedOrder) -> bool:
-        """Wait until every partner of the order has accepted (then orders confirms it)."""
+    def _accepted_by(self, order_id: str, key: str, order: PlannedOrder) -> asyncio.Event:
+        """Note ``key``'s acceptance; the event is set once every partner has accepted."""
         accepted = self._accepted.setdefault(order_id, set())
         everyone = self._all_accepted.setdefault(order_id, asyncio.Event())
         accepted.add(key)
         if accepted >= set(plan.partners_of(order)):
             everyone.set()
-        try:
-            await asyncio.wait_for(everyone.wait(), CONFIRMATION_WAIT_SECONDS)
-        except TimeoutError:
-            return False
-        return True
+        return everyone
 
-    async def _report_usage(
-        self, partner: Account, order_id: str, order: PlannedOrder, offering_key: str
-    ) -> None:
-        metered = [key for key, _ in plan.metered_components(order)]
-        quantity = order.usage[metered.index(offering_key)]
+    async def _report_usage(self, partner: Account, order_id: str, quantity: int) -> None:
         body = {
             "usage_id": str(uuid.uuid4()),
             "order_id": order_id,

@@ -225,6 +225,33 @@ def metered_components(order: PlannedOrder) -> tuple[tuple[str, ComponentSpec], 
     )
 
 
+# What one partner does with its fulfilment request for an order.
+Answer = Literal["reject", "answer late", "accept", "accept and complete"]
+
+
+def answer(order: PlannedOrder, partner_key: str) -> Answer:
+    if order.decider == partner_key and order.fate == "rejected":
+        return "reject"
+    if order.decider == partner_key and order.fate == "late":
+        return "answer late"
+    return "accept and complete" if order.fate == "fulfilled" else "accept"
+
+
+def usage_reported_by(order: PlannedOrder, partner_key: str) -> tuple[int, ...]:
+    """The meter readings a partner reports once the order is confirmed.
+
+    Only orders that stay confirmed or are fulfilled are metered: usage on an
+    order that is about to be cancelled would only be refunded again.
+    """
+    if order.fate not in ("fulfilled", "confirmed"):
+        return ()
+    return tuple(
+        quantity
+        for (_, component), quantity in zip(metered_components(order), order.usage, strict=True)
+        if component.partner == partner_key
+    )
+
+
 def make_plan(*, seed: int, customers: int, orders: int, run_id: str) -> Plan:
     """The day's customers and orders.  ``run_id`` keeps e-mail addresses unique per run."""
     if customers < 1 or orders < 0:

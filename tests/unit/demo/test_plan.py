@@ -96,3 +96,27 @@ def test_the_joint_offering_is_the_managed_service_providers_with_every_pricing_
 )
 def test_each_fate_ends_in_its_status(fate: plan.Fate, deadline_fires: bool, status: str) -> None:
     assert plan.expected_status(fate, deadline_fires=deadline_fires) == status
+
+
+def joint(fate: plan.Fate, decider: str | None = None) -> plan.PlannedOrder:
+    lines = (plan.PlannedLine("managed-acme", 2), plan.PlannedLine("acme-cloud", 1))
+    return plan.PlannedOrder(0, 0, lines, fate, decider, usage=(120,))
+
+
+def test_the_decider_rejects_or_answers_late_and_everyone_else_accepts() -> None:
+    assert plan.answer(joint("rejected", "crestline"), "crestline") == "reject"
+    assert plan.answer(joint("rejected", "crestline"), "harbor") == "accept"
+    assert plan.answer(joint("late", "acme"), "acme") == "answer late"
+    assert plan.answer(joint("late", "acme"), "crestline") == "accept"
+    assert plan.answer(joint("fulfilled"), "harbor") == "accept and complete"
+    assert plan.answer(joint("confirmed"), "harbor") == "accept"
+    assert plan.answer(joint("withdrawn"), "harbor") == "accept"
+
+
+def test_only_the_metering_partner_reports_and_only_on_orders_that_stay_confirmed() -> None:
+    assert plan.partners_of(joint("fulfilled")) == ("acme", "harbor", "crestline")
+    assert plan.usage_reported_by(joint("fulfilled"), "acme") == (120,)
+    assert plan.usage_reported_by(joint("confirmed"), "acme") == (120,)
+    assert plan.usage_reported_by(joint("fulfilled"), "harbor") == ()
+    for fate in ("rejected", "late", "withdrawn"):
+        assert plan.usage_reported_by(joint(fate), "acme") == ()
