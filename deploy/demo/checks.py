@@ -65,9 +65,16 @@ def read_three_way(bodies: list[object], *, orders: set[str] | None = None) -> T
                 agreeing += 1
                 continue
             named = entry.get("disagreements", entry.get("differences", []))
-            what = "; ".join(str(item) for item in named) if isinstance(named, list) else ""
+            what = "; ".join(map(_disagreement, named)) if isinstance(named, list) else ""
             disagreements.append(f"{order_id}: {what or 'disagrees'}")
     return ThreeWay(checked=checked, agreeing=agreeing, disagreements=tuple(disagreements))
+
+
+def _disagreement(item: object) -> str:
+    """``{check, detail}`` as "check: detail"; anything else as it prints."""
+    if isinstance(item, Mapping) and "detail" in item:
+        return f"{item.get('check', 'check')}: {item['detail']}"
+    return str(item)
 
 
 def _entries(body: object) -> list[Mapping[str, object]]:

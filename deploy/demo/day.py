@@ -38,6 +38,7 @@ from shared.contracts import fulfillments
 # How long settlement's balances must stay still before the day counts as settled.
 QUIET_POLLS = 3
 POLL_SECONDS = 0.5
+PAGE = {"limit": "500"}  # the contract's largest page
 
 
 class DemoStopped(Exception):
@@ -278,7 +279,7 @@ async def _close_the_books(
         spec = plan.partner(key)
         try:
             pages = await client.pages(
-                "settlement", f"/v1/statements/{account.id}", token=token, params={}
+                "settlement", f"/v1/statements/{account.id}", token=token, params=PAGE
             )
             lines = [line for page in pages for line in statement_items(page)]
             earned = earnings(account.id, lines)
@@ -289,7 +290,7 @@ async def _close_the_books(
             PartnerDay(spec.name, spec.kind, earned, balances.get(key), paid_out[account.id])
         )
     try:
-        period = {"from": rfc3339(since), "to": rfc3339(now())}
+        period = {"from": rfc3339(since), "to": rfc3339(now()), **PAGE}
         pages = await client.pages("settlement", "/v1/checks/three-way", token=token, params=period)
         summary.three_way = read_three_way(pages, orders=order_ids)
     except Refused as refusal:

@@ -13,10 +13,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# Field names settlement might use for what a line is and whom it concerns,
-# tried in this order.
-_KIND_FIELDS = ("kind", "type", "entry_type", "category", "description")
-_REFERENCE_FIELDS = ("order_id", "payout_id", "reference", "charge_id", "id")
+# Field names settlement might use for what a line is and whom it concerns.  Every
+# kind-like field found is kept ("charge share"); references are tried in order,
+# the most specific first, so two charges of one order stay two charges.
+_KIND_FIELDS = ("kind", "part", "type", "entry_type", "category")
+_REFERENCE_FIELDS = ("charge_id", "refund_id", "order_id", "payout_id", "reference", "id")
 _AMOUNT_FIELDS = ("amount", "net", "credit")
 
 
@@ -95,7 +96,9 @@ def read_statement_line(raw: object) -> StatementEntry | None:
     if amount is None and money_amount(raw.get("debit")) is not None:
         amount = -(money_amount(raw.get("debit")) or 0)
     return StatementEntry(
-        kind=(_text(raw, _KIND_FIELDS) or "").lower(),
+        kind=" ".join(
+            value.lower() for name in _KIND_FIELDS if isinstance(value := raw.get(name), str)
+        ),
         amount=amount,
         reference=_text(raw, _REFERENCE_FIELDS),
         split=_split(raw.get("split")),
@@ -178,7 +181,8 @@ def earnings(partner_id: str, lines: Iterable[object]) -> Earnings:
             total.margins += margin
         elif entry.amount is None:
             total.unreadable += 1
-        elif "payout" in entry.kind:
+        elif "payout" in entry.kind or "paid" in entry.kind.split():
+            # Money on its way to (or at) the partner's bank: not earnings.
             total.payouts += entry.amount
         else:
             total.other += entry.amount

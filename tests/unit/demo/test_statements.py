@@ -142,3 +142,32 @@ def test_statement_pages_are_read_as_lists_items_or_lines() -> None:
     assert statement_items({"items": [1], "next_cursor": None}) == [1]
     assert statement_items({"lines": [2]}) == [2]
     assert statement_items({"partner_id": "p"}) == []
+
+
+def test_a_ledger_statement_with_releases_payouts_and_bank_matches_nets_to_the_balance() -> None:
+    """The shape a double-entry settlement gives: one line per posting on a partner account."""
+    co_sold = split(10_000, 7000)
+    usage = split(1_200, 7000)
+
+    def line(kind: str, part: str, account: str, amount: int, **more: Any) -> dict[str, Any]:
+        return {"id": f"e#{kind}{account}", "booked_at": "2026-11-22T12:00:00Z", "kind": kind,
+                "part": part, "account": account, "amount": {"amount": amount, "currency": "USD"},
+                **more}  # fmt: skip
+
+    earned = co_sold["share"] + usage["share"]
+    lines = [
+        line("charge", "share", "pending", co_sold["share"], order_id="o1", charge_id="c1",
+             split=co_sold),
+        line("charge", "share", "pending", usage["share"], order_id="o1", charge_id="c2",
+             split=usage),
+        line("release", "release", "pending", -earned, order_id="o1"),
+        line("release", "release", "available", earned, order_id="o1"),
+        line("payout", "payout", "available", -earned, order_id="o1", payout_id="po1"),
+        line("payout", "payout", "in_transit", earned, order_id="o1", payout_id="po1"),
+        line("paid", "paid", "in_transit", -earned, order_id="o1", payout_id="po1"),
+    ]  # fmt: skip
+    day = earnings(ISV, lines)
+    assert (day.charges, day.gross, day.fees) == (2, 11_200, co_sold["fee"] + usage["fee"])
+    assert (day.shares, day.margins, day.refunds, day.other) == (earned, 0, 0, 0)
+    assert day.payouts == -earned
+    assert day.net == earned
