@@ -440,7 +440,7 @@ class PartnerDesk:
         except Refused as refusal:
             if refusal.status == 409 and what != "completed":
                 # The order moved on (another partner rejected, the deadline fired).
-                self.answers[f"{what} but refused (order already over)"] += 1
+                self.answers[f"{what}, refused: the order was already cancelled"] += 1
                 return False
             raise
         self.answers[what] += 1

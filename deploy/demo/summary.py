@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -106,11 +105,9 @@ def _orders(day: DaySummary) -> list[str]:
                 f"  {outcome.fate:<12}{outcome.statuses.total():>6}  "
                 f"should end {outcome.expected:<10} ended {got}"
             )
-    answers = ", ".join(f"{count} {what}" for what, count in day.fulfilment_answers.most_common())
-    if answers:
-        lines += textwrap.wrap(
-            f"partners' answers: {answers}", width=96, initial_indent="  ", subsequent_indent="    "
-        )
+    if day.fulfilment_answers:
+        lines += ["", "  what the partners did with their fulfilment requests"]
+        lines += [f"  {count:>18}  {what}" for what, count in day.fulfilment_answers.most_common()]
     if day.usage_reports:
         lines.append(f"  usage reported: {day.usage_reports} meter readings")
     if day.deadline_seconds is not None:
@@ -177,29 +174,36 @@ def _payouts(day: DaySummary) -> list[str]:
     lines = [f"Payout run: {len(day.payouts)} payouts, {money(total)} USD"]
     if day.bank is not None:
         lines.append(
-            f"Bank statement: {len(day.bank.lines)} lines; left out {day.bank.missing or '-'}, "
-            f"booked with another amount {day.bank.mismatched or '-'}"
+            f"Bank statement: {len(day.bank.lines)} lines for {len(day.payouts)} payouts "
+            "(the demo's bank leaves one out and books one 1.00 short)"
         )
     r = day.reconciliation
-    if r is not None:
-        found = ", ".join(
-            f"{len(references)} {what}{_refs(references)}"
-            for what, references in (
-                ("matched", r.matched),
-                ("missing", r.missing),
-                ("unexpected", r.unexpected),
-                ("mismatched", r.mismatched),
-            )
-        )
-        lines.append(f"Reconciliation: {found}")
+    if r is None:
+        return lines
+    lines.append(
+        f"Reconciliation: {len(r.matched)} matched, {len(r.missing)} missing, "
+        f"{len(r.unexpected)} unexpected, {len(r.mismatched)} mismatched"
+    )
+    today = {payout.reference for payout in day.payouts}
+    earlier = "an earlier payout the bank has still not booked"
+    why = {
+        "missing": "not booked by the bank: stays in transit",
+        "mismatched": "booked with another amount: stays in transit",
+        "unexpected": "booked, but no such payout",
+    }
+    for what, references in (
+        ("missing", r.missing),
+        ("mismatched", r.mismatched),
+        ("unexpected", r.unexpected),
+    ):
+        lines += [
+            f"  {what:<11} {reference}  "
+            f"({why[what] if reference in today or what == 'unexpected' else earlier})"
+            for reference in references[:3]
+        ]
+        if len(references) > 3:
+            lines.append(f"  {what:<11} ... and {len(references) - 3} more")
     return lines
-
-
-def _refs(references: Sequence[str]) -> str:
-    if not references:
-        return ""
-    more = ", …" if len(references) > 3 else ""
-    return f" ({', '.join(references[:3])}{more})"
 
 
 def _checks(day: DaySummary) -> list[str]:

@@ -31,9 +31,12 @@ def day() -> DaySummary:
         PartnerDay("Acme Data", "isv", isv, Balance("USD", 0, 0, 0, 13_580), 13_580),
         PartnerDay("Quiet Ltd", "reseller", None, None, 0),
     ]
-    summary.payouts = [Payout("po_1", "prt_1", 13_580, "USD", "R1")]
+    summary.payouts = [
+        Payout("po_1", "prt_1", 13_580, "USD", "R1"),
+        Payout("po_2", "p", 1, "USD", "R2"),
+    ]
     summary.bank = BankStatement(lines=[], missing="R2", mismatched="R1")
-    summary.reconciliation = Reconciliation((), ("R2",), (), ("R1",))
+    summary.reconciliation = Reconciliation((), ("R2", "R0"), (), ("R1",))
     summary.three_way = ThreeWay(checked=119, agreeing=119, disagreements=())
     summary.trial_balance = TrialBalance((("receivable", "USD", 100), ("fees", "USD", -100)))
     return summary
@@ -43,6 +46,7 @@ def test_the_summary_shows_orders_earnings_payouts_and_checks() -> None:
     text = render(day())
     assert "placed 149 of 150 orders in 5.0 s (30 orders/s)" in text
     assert "fulfilled      100" in text
+    assert "                 300  accepted" in text
     assert "not placed       1  (422 Unprocessable)" in text
     assert "late             4  should end pending    ended 4 pending" in text
     assert "ORDERS_ACCEPTANCE_DEADLINE_SECONDS=20" in text
@@ -50,9 +54,11 @@ def test_the_summary_shows_orders_earnings_payouts_and_checks() -> None:
     assert acme.split()[-7:] == ["2", "200.00", "6.00", "135.80", "0.00", "0.00", "135.80"]
     assert "= balance" in text
     assert "(no statement)" in text
-    assert "Payout run: 1 payouts, 135.80 USD" in text
-    assert "1 missing (R2)" in text
-    assert "1 mismatched (R1)" in text
+    assert "Payout run: 2 payouts, 135.81 USD" in text
+    assert "Reconciliation: 0 matched, 2 missing, 0 unexpected, 1 mismatched" in text
+    assert "  missing     R0  (an earlier payout the bank has still not booked)" in text
+    assert "  missing     R2  (not booked by the bank: stays in transit)" in text
+    assert "  mismatched  R1  (booked with another amount: stays in transit)" in text
     assert "119 orders, 119 agree — all agree" in text
     assert "sum to 0.00 USD: zero, the books balance" in text
 
