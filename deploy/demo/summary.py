@@ -199,7 +199,8 @@ def _payouts(day: DaySummary) -> list[str]:
         lines += [
             f"  {what:<11} {reference}  "
             f"({why[what] if reference in today or what == 'unexpected' else earlier})"
-            for reference in references[:3]
+            # Today's first: they are the ones the demo's bank got wrong on purpose.
+            for reference in sorted(references, key=lambda reference: reference not in today)[:3]
         ]
         if len(references) > 3:
             lines.append(f"  {what:<11} ... and {len(references) - 3} more")
