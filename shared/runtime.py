@@ -11,6 +11,8 @@ from typing import Protocol
 
 from aiohttp import web
 
+from shared.http.api import TIMEOUTS
+from shared.http.server import FrontDoorRunner
 from shared.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -154,7 +156,10 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
+    # No access log: it would be one more place a header or a key could end up.
+    runner = FrontDoorRunner(
+        app, timeouts=app[TIMEOUTS], shutdown_timeout=shutdown_timeout, access_log=None
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -23,7 +23,10 @@ from shared import db, kafka, logs, retention
 from shared.contracts.envelope import Topic
 from shared.http import idempotency
 from shared.http.api import Api, RevocationCheck
-from shared.http.app import DEFAULT_MAX_BODY_BYTES, create_app
+from shared.http.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE_LIMIT, DEFAULT_TIMEOUTS, create_app
+from shared.http.idempotency import KeySecret
+from shared.http.rate_limit import RateLimit
+from shared.http.server import Timeouts
 from shared.migrations import PLUMBING_MIGRATIONS, migrate
 from shared.outbox import OutboxRelay
 from shared.runtime import BackgroundLoop, BackgroundLoopDied, Periodic, serve
@@ -52,6 +55,12 @@ class ServiceSettings(msgspec.Struct, kw_only=True):
     outbox_retention_hours: float = 168.0
     # For consumers that opt in; must exceed their topics' retention.ms.
     processed_events_retention_hours: float = 336.0
+    # The front door; README "Front door" says what each one means.
+    public_rate_limit_per_minute: float = DEFAULT_RATE_LIMIT.per_minute
+    public_rate_limit_burst: int = DEFAULT_RATE_LIMIT.burst
+    http_header_timeout_seconds: float = DEFAULT_TIMEOUTS.header_seconds
+    http_body_timeout_seconds: float = DEFAULT_TIMEOUTS.body_seconds
+    idempotency_secret: Secret | None = None
 
 
 @dataclass
@@ -151,6 +160,13 @@ async def run_service(
                 ("kafka", lambda: kafka.kafka_reachable(producer)),
             ],
             max_body_bytes=settings.max_body_bytes,
+            key_secret=KeySecret.configured(settings.idempotency_secret, settings.operator_token),
+            public_rate_limit=RateLimit(
+                settings.public_rate_limit_per_minute, settings.public_rate_limit_burst
+            ),
+            timeouts=Timeouts(
+                settings.http_header_timeout_seconds, settings.http_body_timeout_seconds
+            ),
             **({"revocations": composition.revocations} if composition.revocations else {}),
         )
         loops: list[BackgroundLoop] = [

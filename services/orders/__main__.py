@@ -8,8 +8,8 @@ from pathlib import Path
 from services.orders import consumers, handlers
 from services.orders.http import OrdersHttp, build_api, utc_now
 from shared import account_generations
-from shared.contracts import catalog_accounts, fulfillments, orders
-from shared.service import Compose, Composition, Runtime, ServiceSettings, main
+from shared.contracts import fulfillments, orders
+from shared.service import Composition, Runtime, ServiceSettings, main
 from shared.timers import TimerLoop
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -17,7 +17,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 EXTRA_MIGRATIONS = (account_generations.MIGRATIONS,)
 # Its own topics, and the catalog's it reads (created if the catalog has not yet:
 # a consumer of a topic that does not exist stops the service).
-TOPICS = (orders.TOPIC, fulfillments.TOPIC, *consumers.CATALOG_TOPICS, catalog_accounts.TOPIC)
+TOPICS = (orders.TOPIC, fulfillments.TOPIC, *consumers.CATALOG_TOPICS, *account_generations.TOPICS)
 
 
 class OrdersSettings(ServiceSettings, kw_only=True):
@@ -27,30 +27,30 @@ class OrdersSettings(ServiceSettings, kw_only=True):
     timer_poll_seconds: float = 1.0
 
 
-def composer(settings: OrdersSettings) -> Compose:
-    async def compose(runtime: Runtime) -> Composition:
-        api = build_api(
-            OrdersHttp(acceptance_window=timedelta(seconds=settings.acceptance_deadline_seconds))
-        )
-        catalog_copy = consumers.catalog_copy(
-            bootstrap=settings.kafka_bootstrap,
-            topic_prefix=settings.topic_prefix,
-            pool=runtime.pool,
-            producer=runtime.producer,
-        )
-        deadlines = TimerLoop(
-            runtime.pool,
-            {
-                handlers.ACCEPTANCE_DEADLINE: lambda conn, order_id: (
-                    handlers.acceptance_deadline_passed(conn, order_id, utc_now())
-                )
-            },
-            clock=utc_now,
-            poll_seconds=settings.timer_poll_seconds,
-        )
-        return account_generations.wire(runtime).composition(api, [catalog_copy, deadlines])
-
-    return compose
+async def compose(runtime: Runtime) -> Composition:
+    settings = runtime.settings
+    if not isinstance(settings, OrdersSettings):
+        raise TypeError("the orders service runs with OrdersSettings")
+    api = build_api(
+        OrdersHttp(acceptance_window=timedelta(seconds=settings.acceptance_deadline_seconds))
+    )
+    catalog_copy = consumers.catalog_copy(
+        bootstrap=settings.kafka_bootstrap,
+        topic_prefix=settings.topic_prefix,
+        pool=runtime.pool,
+        producer=runtime.producer,
+    )
+    deadlines = TimerLoop(
+        runtime.pool,
+        {
+            handlers.ACCEPTANCE_DEADLINE: lambda conn, order_id: (
+                handlers.acceptance_deadline_passed(conn, order_id, utc_now())
+            )
+        },
+        clock=utc_now,
+        poll_seconds=settings.timer_poll_seconds,
+    )
+    return account_generations.wire(runtime).composition(api, [catalog_copy, deadlines])
 
 
 if __name__ == "__main__":
@@ -59,6 +59,6 @@ if __name__ == "__main__":
         OrdersSettings,
         migrations=MIGRATIONS,
         topics=TOPICS,
-        composer=composer,
+        composer=lambda _: compose,
         extra_migrations=EXTRA_MIGRATIONS,
     )

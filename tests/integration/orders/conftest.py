@@ -24,7 +24,7 @@ from services.orders.__main__ import (
     MIGRATIONS,
     TOPICS,
     OrdersSettings,
-    composer,
+    compose,
 )
 from shared.settings import Secret
 from tests.integration.catalog.conftest import (  # noqa: F401 - fixtures used by this package
@@ -121,7 +121,7 @@ async def start_orders(
         settings,
         migrations=MIGRATIONS,
         topics=TOPICS,
-        compose=composer(settings),
+        compose=compose,
         extra_migrations=EXTRA_MIGRATIONS,
     ) as base_url:
         yield Orders(base_url, database_url, dataclasses.replace(catalog, base_url=base_url))
