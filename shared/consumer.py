@@ -193,12 +193,22 @@ class BatchConsumer:
         pool: Pool,
         producer: AIOKafkaProducer,
         group_id: str | None = None,
+        topic_prefix: str = "",
         retry: RetryPolicy | None = None,
         max_batch: int = 500,
         sequencing: Sequencing | None = None,
     ) -> None:
+        """``topics`` are the contracts' bare names; ``topic_prefix`` namespaces a deployment.
+
+        The prefix goes on the topics and on the consumer group alike (the group
+        defaults to ``name``): two deployments, or two test runs, sharing one
+        cluster never share a group, so neither rebalances nor commits offsets
+        for the other.  ``name`` itself, the key of the dedupe rows in the
+        service's own database, stays bare.
+        """
         self.name = name
-        self._topics = list(topics)
+        self.topics = [topic_prefix + topic for topic in topics]
+        self.group_id = topic_prefix + (group_id or name)
         self._registry = registry
         self._handler = handler
         self._pool = pool
@@ -221,7 +231,7 @@ class BatchConsumer:
         self._commit_lock = asyncio.Lock()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
-            group_id=group_id or name,
+            group_id=self.group_id,
             client_id=name,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -234,7 +244,7 @@ class BatchConsumer:
         self._stopping.set()
 
     async def run(self) -> None:
-        self._consumer.subscribe(self._topics, listener=_Revocations(self))
+        self._consumer.subscribe(self.topics, listener=_Revocations(self))
         await self._consumer.start()
         committer = asyncio.create_task(self._committer())
         try:
@@ -555,6 +565,7 @@ class IdempotentConsumer(BatchConsumer):
         pool: Pool,
         producer: AIOKafkaProducer,
         group_id: str | None = None,
+        topic_prefix: str = "",
         retry: RetryPolicy | None = None,
         max_batch: int = 200,
         sequencing: Sequencing | None = None,
@@ -572,6 +583,7 @@ class IdempotentConsumer(BatchConsumer):
             pool=pool,
             producer=producer,
             group_id=group_id,
+            topic_prefix=topic_prefix,
             retry=retry,
             max_batch=max_batch,
             sequencing=sequencing,
