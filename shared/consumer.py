@@ -514,11 +514,21 @@ class BatchConsumer:
                     headers=(("event-id", event_id.encode()),),
                 )
                 await self._give_up(letter, event_id, error)
-                async with self._pool.acquire() as conn:
-                    await drop_parked(
-                        conn, consumer=self.name, topic=record.topic, event_id=event_id
-                    )
+                dropped = await self._settle(
+                    partition,
+                    state,
+                    functools.partial(self._try_drop_parked, record.topic, event_id),
+                )
+                if dropped is not None:
+                    raise dropped  # not the event's failure: the runner's own
                 break
+
+    async def _try_drop_parked(self, topic: str, event_id: str) -> Exception | None:
+        async def drop() -> None:
+            async with self._pool.acquire() as conn:
+                await drop_parked(conn, consumer=self.name, topic=topic, event_id=event_id)
+
+        return await self._try(drop)
 
     async def _try_release(
         self, topic: str, key: str, taken: list[tuple[str, bytes]]
