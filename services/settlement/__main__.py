@@ -1,31 +1,46 @@
-"""``python -m services.settlement``: the settlement service.
-
-Its ledger arrives with the settlement issue; today it runs the shared
-plumbing: its own database and migrations, the outbox relay, health, metrics.
-"""
+"""``python -m services.settlement``: the ledger, payouts and bank reconciliation."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from shared.http.api import Api
-from shared.service import Composition, Runtime, ServiceSettings, main
+import msgspec
+
+from services.settlement.consumers import OrderEventBooker, order_consumer
+from services.settlement.http import SettlementHttp, build_api
+from services.settlement.split import DEFAULT_FEE_BPS, FULL_BPS
+from shared.contracts import orders, payouts
+from shared.service import Compose, Composition, Runtime, ServiceSettings, main
+
+TOPICS = (orders.TOPIC, payouts.TOPIC)
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class SettlementSettings(ServiceSettings, kw_only=True):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/settlement"
     http_port: int = 8083
+    # The marketplace fee in basis points of each charged amount (SETTLEMENT_FEE_BPS).
+    fee_bps: Annotated[int, msgspec.Meta(ge=0, le=FULL_BPS)] = DEFAULT_FEE_BPS
+    # The Kafka consumer group; tests and replays use a group of their own.
+    consumer_group: str = "settlement-ledger"
 
 
-async def compose(_: Runtime) -> Composition:
-    return Composition(api=Api("Partner marketplace: settlement"))
+def composer(settings: SettlementSettings) -> Compose:
+    async def compose(runtime: Runtime) -> Composition:
+        booker = OrderEventBooker(settings.fee_bps)
+        consumer = order_consumer(
+            booker=booker,
+            bootstrap=settings.kafka_bootstrap,
+            topic_prefix=settings.topic_prefix,
+            pool=runtime.pool,
+            producer=runtime.producer,
+            group_id=settings.consumer_group,
+        )
+        return Composition(api=build_api(SettlementHttp()), loops=[consumer])
+
+    return compose
 
 
 if __name__ == "__main__":
-    main(
-        "settlement",
-        SettlementSettings,
-        migrations=Path(__file__).parent / "migrations",
-        topics=(),
-        composer=lambda _: compose,
-    )
+    main("settlement", SettlementSettings, migrations=MIGRATIONS, topics=TOPICS, composer=composer)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from shared.contracts import catalog_accounts, catalog_agreements, catalog_offerings
+from shared.contracts import catalog_accounts, catalog_agreements, catalog_offerings, payouts
 from shared.contracts.envelope import Topic
 
 ALL_TOPICS: tuple[Topic, ...] = (
     catalog_accounts.TOPIC,
     catalog_agreements.TOPIC,
     catalog_offerings.TOPIC,
+    payouts.TOPIC,
 )

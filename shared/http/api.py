@@ -9,7 +9,7 @@ the one the handlers enforce.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -105,6 +105,10 @@ class Call(Generic[B, Q]):
 
 
 Handler = Callable[[Call[Any, Any]], Awaitable[msgspec.Struct | Reply]]
+# Reads a body sent in another media type (e.g. text/csv) into the plain
+# Python shape of the endpoint's body type; msgspec then validates it as if it
+# had come as JSON, so both media types obey one schema.
+BodyReader = Callable[[bytes], Any]
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,7 @@ class Endpoint:
     response: type | None
     status: int
     tag: str
+    readers: Mapping[str, BodyReader] = field(default_factory=dict)
 
     @property
     def public(self) -> bool:
@@ -143,10 +148,23 @@ class Api:
         response: type | None = None,
         status: int = 200,
         tag: str = "default",
+        also_accepts: Mapping[str, BodyReader] | None = None,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.endpoints.append(
-                Endpoint(method, path, handler, summary, roles, body, query, response, status, tag)
+                Endpoint(
+                    method,
+                    path,
+                    handler,
+                    summary,
+                    roles,
+                    body,
+                    query,
+                    response,
+                    status,
+                    tag,
+                    dict(also_accepts or {}),
+                )
             )
             return handler
 
@@ -186,7 +204,9 @@ def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[we
                 raise forbidden(f"a {principal.role} cannot {endpoint.summary.lower()}")
         raw_body = await request.read()
         body: Any = None
-        if body_decoder is not None:
+        if body_decoder is not None and request.content_type in endpoint.readers:
+            body = _read_other_media(request, endpoint, raw_body)
+        elif body_decoder is not None:
             body = _decode_body(request, body_decoder, raw_body)
         query: Any = _decode_query(request, endpoint.query) if endpoint.query else None
         call: Call[Any, Any] = Call(request, principal, body, query)
@@ -240,6 +260,19 @@ def _decode_body(request: web.Request, decoder: msgspec.json.Decoder[Any], raw_b
         if where is not None:
             raise invalid(where or "body", "must not contain NUL characters")
     return body
+
+
+def _read_other_media(request: web.Request, endpoint: Endpoint, raw_body: bytes) -> Any:
+    if not raw_body:
+        raise bad_request("the request needs a body")
+    plain = endpoint.readers[request.content_type](raw_body)
+    where = _nul_at(plain)
+    if where is not None:
+        raise invalid(where or "body", "must not contain NUL characters")
+    try:
+        return msgspec.convert(plain, type=endpoint.body, strict=False)
+    except msgspec.ValidationError as exc:
+        raise from_validation_error(exc) from None
 
 
 def _nul_at(value: Any, path: str = "") -> str | None:
@@ -304,7 +337,10 @@ def openapi_document(api: Api, extra_paths: dict[str, Any] | None = None) -> dic
         if endpoint.body is not None:
             operation["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": ref_of[endpoint.body]}},
+                "content": {
+                    "application/json": {"schema": ref_of[endpoint.body]},
+                    **{media: {"schema": {"type": "string"}} for media in endpoint.readers},
+                },
             }
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
     return {
