@@ -23,3 +23,10 @@ EVENTS_CONSUMED = Counter(
 EVENTS_DEAD_LETTERED = Counter(
     "events_dead_lettered_total", "Messages sent to a dead-letter topic", ["consumer", "topic"]
 )
+TIMERS_FIRED = Counter("timers_fired_total", "Timers whose handler ran and committed", ["kind"])
+TIMERS_FAILED = Counter(
+    "timers_failed_total", "Timer handler attempts that raised (retried later)", ["kind"]
+)
+TIMERS_PARKED = Counter(
+    "timers_parked_total", "Timers left for an operator after their last attempt", ["kind"]
+)

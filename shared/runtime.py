@@ -11,6 +11,8 @@ from typing import Protocol
 
 from aiohttp import web
 
+from shared.retry import RetryPolicy
+
 log = logging.getLogger(__name__)
 
 
@@ -30,6 +32,59 @@ async def sleep_or_stop(stopping: asyncio.Event, seconds: float) -> bool:
 class BackgroundLoop(Protocol):
     async def run(self) -> None: ...
     def stop(self) -> None: ...
+
+
+# A pass that failed (database or broker unreachable) is tried again soon, forever:
+# the work waits in the database, so a failure delays it and loses nothing.
+PASS_RETRY = RetryPolicy(first_backoff=0.5, max_backoff=10.0)
+
+
+class PollingLoop:
+    """Runs ``one_pass`` again and again until stopped; each pass says how long to nap.
+
+    ``wake()`` cuts the current nap short, or the next one when it comes during
+    a pass: the flag is cleared just before a pass starts, never after, so a
+    wake-up that arrives while a pass runs is kept rather than erased.  A pass
+    that raises is logged and retried after ``retry``'s backoff.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        one_pass: Callable[[], Awaitable[float]],
+        *,
+        retry: RetryPolicy = PASS_RETRY,
+    ) -> None:
+        self.name = name
+        self._one_pass = one_pass
+        self._retry = retry
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                pause = await self._one_pass()
+                failures = 0
+            except Exception:
+                failures += 1
+                log.exception("pass failed, retrying", extra={"loop": self.name})
+                pause = self._retry.backoff(failures)
+            if pause > 0:
+                await sleep_or_stop(self._wake, pause)
 
 
 class Periodic:

@@ -93,7 +93,9 @@ async def run_service(
     topics: Sequence[Topic],
     compose: Compose,
     stop: asyncio.Event | None = None,
+    extra_migrations: Sequence[tuple[str, Path]] = (),
 ) -> None:
+    """``extra_migrations``: opt-in shared tables, e.g. ``shared.account_generations``."""
     logs.configure_logging(name, settings.log_level)
     verifier = TokenVerifier(read_key_file(settings.token_public_key_file), settings.operator_token)
     pools: list[db.Pool] = []
@@ -106,7 +108,9 @@ async def run_service(
     producer = kafka.new_producer(settings.kafka_bootstrap, client_id=name)
     try:
         async with pool.acquire() as conn:
-            applied = await migrate(conn, [("plumbing", PLUMBING_MIGRATIONS), (name, migrations)])
+            applied = await migrate(
+                conn, [("plumbing", PLUMBING_MIGRATIONS), *extra_migrations, (name, migrations)]
+            )
         if applied:
             log.info("migrations applied", extra={"migrations": applied})
         await _retry_until("Kafka", settings.startup_timeout_seconds, producer.start)
@@ -154,6 +158,7 @@ def main(
     migrations: Path,
     topics: Sequence[Topic],
     composer: Callable[[S], Compose],
+    extra_migrations: Sequence[tuple[str, Path]] = (),
 ) -> None:
     """Entry point of ``python -m services.<name>``."""
     settings = load_settings(settings_type, name)
@@ -164,5 +169,6 @@ def main(
             migrations=migrations,
             topics=topics,
             compose=composer(settings),
+            extra_migrations=extra_migrations,
         )
     )

@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from services.catalog import handlers
+from services.catalog import handlers, store
 from services.catalog.http import CatalogHttp, build_api, utc_now
-from services.catalog.token_generations import TokenGenerations
 from shared.contracts import catalog_accounts, catalog_agreements, catalog_offerings
 from shared.db import unit_of_work
 from shared.runtime import Periodic
 from shared.service import Compose, Composition, Runtime, ServiceSettings, main
 from shared.settings import read_key_file
+from shared.token_generations import TokenGenerations
 from shared.tokens import TokenIssuer
 
 TOPICS = (catalog_accounts.TOPIC, catalog_agreements.TOPIC, catalog_offerings.TOPIC)
@@ -34,7 +34,8 @@ def composer(settings: CatalogSettings) -> Compose:
             ttl=timedelta(days=settings.token_ttl_days),
         )
 
-        generations = TokenGenerations(runtime.pool)
+        # The catalog's own tables are the truth: an account it does not know is no account.
+        generations = TokenGenerations(runtime.pool, store.token_generation, accept_unknown=False)
 
         async def expire_agreements() -> None:
             # Batches of 100 keep each transaction short; loop until none is due.

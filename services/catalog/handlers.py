@@ -39,6 +39,7 @@ from shared.contracts.catalog_offerings import (
 from shared.db import Connection
 from shared.errors import Conflict, NotAllowed, NotFound
 from shared.ids import new_id
+from shared.token_generations import announce_rotation
 from shared.tokens import Principal, TokenIssuer
 
 PRODUCER = "catalog"
@@ -102,7 +103,7 @@ async def rotate_partner_token(
     partner = await store.raise_partner_token_generation(conn, partner_id)
     if partner is None:
         raise NotFound(f"partner {partner_id}")
-    await store.announce_token_rotation(conn, partner_id)
+    await announce_rotation(conn, partner_id)
     await outbox.append(
         conn,
         catalog_accounts.TOPIC,
@@ -121,7 +122,7 @@ async def rotate_customer_token(
     row = await store.raise_customer_token_generation(conn, customer_id)
     if row is None:
         raise NotFound(f"customer {customer_id}")
-    await store.announce_token_rotation(conn, customer_id)
+    await announce_rotation(conn, customer_id)
     state = CustomerState(
         customer_id=row["id"],
         name=row["name"],

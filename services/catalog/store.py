@@ -121,14 +121,6 @@ async def token_generation(conn: Connection, role: str, subject: str) -> int | N
     return generation
 
 
-ROTATION_CHANNEL = "token_rotated"
-
-
-async def announce_token_rotation(conn: Connection, subject: str) -> None:
-    """Tells every catalog replica, at commit, to forget its cached generation."""
-    await conn.execute("SELECT pg_notify($1, $2)", ROTATION_CHANNEL, subject)
-
-
 # Agreements
 
 _AGREEMENT_COLUMNS = (

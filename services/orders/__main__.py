@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shared import account_generations
 from shared.http.api import Api
 from shared.service import Composition, Runtime, ServiceSettings, main
 
@@ -17,15 +18,21 @@ class OrdersSettings(ServiceSettings, kw_only=True):
     http_port: int = 8082
 
 
-async def compose(_: Runtime) -> Composition:
-    return Composition(api=Api("Partner marketplace: orders"))
+MIGRATIONS = Path(__file__).parent / "migrations"
+# Orders refuses tokens a rotation superseded, from its own view of catalog.accounts.
+EXTRA_MIGRATIONS = (account_generations.MIGRATIONS,)
+
+
+async def compose(runtime: Runtime) -> Composition:
+    return account_generations.wire(runtime).composition(Api("Partner marketplace: orders"))
 
 
 if __name__ == "__main__":
     main(
         "orders",
         OrdersSettings,
-        migrations=Path(__file__).parent / "migrations",
+        migrations=MIGRATIONS,
         topics=(),
         composer=lambda _: compose,
+        extra_migrations=EXTRA_MIGRATIONS,
     )

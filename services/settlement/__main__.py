@@ -10,11 +10,15 @@ import msgspec
 from services.settlement.consumers import OrderEventBooker, order_consumer
 from services.settlement.http import SettlementHttp, build_api
 from services.settlement.split import DEFAULT_FEE_BPS, FULL_BPS
-from shared.contracts import orders, payouts
+from shared import account_generations
+from shared.contracts import catalog_accounts, orders, payouts
 from shared.service import Compose, Composition, Runtime, ServiceSettings, main
 
-TOPICS = (orders.TOPIC, payouts.TOPIC)
+# What it reads (orders, accounts) and writes (payouts); creating a topic that exists is a no-op.
+TOPICS = (orders.TOPIC, payouts.TOPIC, catalog_accounts.TOPIC)
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Settlement refuses tokens a rotation superseded, from its own view of catalog.accounts.
+EXTRA_MIGRATIONS = (account_generations.MIGRATIONS,)
 
 
 class SettlementSettings(ServiceSettings, kw_only=True):
@@ -28,19 +32,27 @@ class SettlementSettings(ServiceSettings, kw_only=True):
 
 def composer(settings: SettlementSettings) -> Compose:
     async def compose(runtime: Runtime) -> Composition:
-        booker = OrderEventBooker(settings.fee_bps)
-        consumer = order_consumer(
-            booker=booker,
+        ledger = order_consumer(
+            booker=OrderEventBooker(settings.fee_bps),
             bootstrap=settings.kafka_bootstrap,
             topic_prefix=settings.topic_prefix,
             pool=runtime.pool,
             producer=runtime.producer,
             group_id=settings.consumer_group,
         )
-        return Composition(api=build_api(SettlementHttp()), loops=[consumer])
+        return account_generations.wire(runtime).composition(
+            build_api(SettlementHttp()), loops=[ledger]
+        )
 
     return compose
 
 
 if __name__ == "__main__":
-    main("settlement", SettlementSettings, migrations=MIGRATIONS, topics=TOPICS, composer=composer)
+    main(
+        "settlement",
+        SettlementSettings,
+        migrations=MIGRATIONS,
+        topics=TOPICS,
+        composer=composer,
+        extra_migrations=EXTRA_MIGRATIONS,
+    )

@@ -46,7 +46,7 @@ class PayoutPaid(Event, frozen=True, kw_only=True):
 
 TOPIC = Topic(
     name="settlement.payouts",
-    partitions=3,
+    partitions=6,
     key_description="partner_id",
     events=(PayoutInitiated, PayoutPaid),
     retain_forever=True,

@@ -9,7 +9,6 @@ suffix) and never depends on what another test left behind.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -25,11 +24,11 @@ import pytest_asyncio
 from deploy.local.infra import free_port
 from services.catalog.__main__ import MIGRATIONS, TOPICS, CatalogSettings, composer
 from shared.contracts.envelope import Envelope, Event, EventRegistry, Topic, decode_envelope
-from shared.service import run_service
 from shared.settings import Secret
 from tests.support.infra import Infra, temporary_database
 from tests.support.kafka import TopicReader
 from tests.support.keys import TokenKeys
+from tests.support.running import running_service
 from tests.support.waiting import wait_for
 
 _NO_BODY = object()
@@ -288,43 +287,21 @@ async def catalog(infra: Infra, token_keys: TokenKeys) -> AsyncIterator[Catalog]
             agreement_expiry_check_seconds=0.2,
             shutdown_timeout_seconds=5,
         )
-        stop = asyncio.Event()
-        service = asyncio.create_task(
-            run_service(
-                name="catalog",
-                settings=settings,
+        async with (
+            running_service(
+                "catalog",
+                settings,
                 migrations=MIGRATIONS,
                 topics=TOPICS,
                 compose=composer(settings),
-                stop=stop,
-            ),
-            name="catalog-under-test",
-        )
-        base_url = f"http://127.0.0.1:{port}"
-        try:
-            async with aiohttp.ClientSession() as session:
-
-                async def ready() -> bool:
-                    if service.done():
-                        service.result()  # a failed start fails the fixture with its cause
-                        raise AssertionError("the catalog stopped while starting")
-                    async with session.get(f"{base_url}/readyz") as response:
-                        return response.status == 200
-
-                await wait_for(
-                    ready,
-                    timeout=60,
-                    message="the catalog did not become ready",
-                    ignore=(aiohttp.ClientConnectionError,),
-                )
-                yield Catalog(
-                    base_url=base_url,
-                    operator_token=token_keys.operator_token,
-                    database_url=dsn,
-                    kafka_bootstrap=infra.kafka_bootstrap,
-                    topic_prefix=settings.topic_prefix,
-                    session=session,
-                )
-        finally:
-            stop.set()
-            await asyncio.wait_for(service, timeout=30)
+            ) as base_url,
+            aiohttp.ClientSession() as session,
+        ):
+            yield Catalog(
+                base_url=base_url,
+                operator_token=token_keys.operator_token,
+                database_url=dsn,
+                kafka_bootstrap=infra.kafka_bootstrap,
+                topic_prefix=settings.topic_prefix,
+                session=session,
+            )

@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shared.migrations import PLUMBING_MIGRATIONS, MigrationError, migrate
+from shared.migrations import PLUMBING_MIGRATIONS, MigrationError, discover, migrate
 
 
 @pytest.fixture
@@ -44,9 +44,10 @@ async def test_migrations_apply_once_and_a_rerun_applies_nothing(
     write(folder, "0002_balances.sql", "CREATE TABLE balances (id text, amount bigint);")
     sources = [("plumbing", PLUMBING_MIGRATIONS), ("svc", folder)]
 
+    plumbing = discover("plumbing", PLUMBING_MIGRATIONS)
     applied = await migrate(conn, sources)
     assert applied == [
-        "plumbing/0001_plumbing",
+        *(f"plumbing/{m.version:04d}_{m.name}" for m in plumbing),
         "svc/0001_accounts",
         "svc/0002_balances",
     ]
@@ -54,7 +55,7 @@ async def test_migrations_apply_once_and_a_rerun_applies_nothing(
         await tables(conn)
     )
     assert await recorded(conn) == [
-        ("plumbing", 1, "plumbing"),
+        *(("plumbing", m.version, m.name) for m in plumbing),
         ("svc", 1, "accounts"),
         ("svc", 2, "balances"),
     ]

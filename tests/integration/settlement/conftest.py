@@ -27,7 +27,13 @@ import pytest
 import pytest_asyncio
 
 from deploy.local.infra import free_port
-from services.settlement.__main__ import MIGRATIONS, TOPICS, SettlementSettings, composer
+from services.settlement.__main__ import (
+    EXTRA_MIGRATIONS,
+    MIGRATIONS,
+    TOPICS,
+    SettlementSettings,
+    composer,
+)
 from services.settlement.consumers import CONSUMER
 from shared import db
 from shared.contracts import orders
@@ -230,6 +236,7 @@ async def running_settlement(
             topics=TOPICS,
             compose=composer(settings),
             stop=stop,
+            extra_migrations=EXTRA_MIGRATIONS,
         ),
         name="settlement-under-test",
     )
