@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+import msgspec
+
 from services.settlement.split import NO_PARTS, Parts, Split, split_charge, split_refund
 
 AccountKind = Literal[
@@ -56,8 +58,7 @@ class LedgerRefused(Exception):
     """An event settlement cannot book as it is (an over-refund, an unknown charge)."""
 
 
-@dataclass(frozen=True)
-class Posting:
+class Posting(msgspec.Struct, frozen=True):
     account: AccountKind
     partner_id: str | None
     amount: int
@@ -65,8 +66,7 @@ class Posting:
     order_id: str | None
 
 
-@dataclass(frozen=True)
-class JournalEntry:
+class JournalEntry(msgspec.Struct, frozen=True):
     entry_id: str
     kind: EntryKind
     booked_at: datetime
@@ -79,8 +79,7 @@ class JournalEntry:
     event_id: str | None = None
 
 
-@dataclass(frozen=True)
-class ChargedComponent:
+class ChargedComponent(msgspec.Struct, frozen=True):
     """One component amount a customer owes, as the orders service charged it."""
 
     charge_id: str
@@ -98,8 +97,7 @@ class ChargedComponent:
     currency: str
 
 
-@dataclass(frozen=True)
-class ChargeRecord:
+class ChargeRecord(msgspec.Struct, frozen=True):
     """A charge with the split it was booked with: the split audit."""
 
     charge: ChargedComponent
@@ -107,8 +105,7 @@ class ChargeRecord:
     charged_at: datetime
 
 
-@dataclass(frozen=True)
-class RefundRecord:
+class RefundRecord(msgspec.Struct, frozen=True):
     refund_id: str
     charge_id: str
     order_id: str
@@ -266,8 +263,7 @@ def release(book: OrderBook, *, booked_at: datetime, event_id: str | None) -> Jo
     )
 
 
-@dataclass(frozen=True)
-class PayoutPlan:
+class PayoutPlan(msgspec.Struct, frozen=True):
     """What one payout pays a partner, order by order (items sum to ``amount``)."""
 
     partner_id: str

@@ -31,7 +31,8 @@ splits keep theirs, so a change of rule never rewrites history.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 RULE = "largest-remainder-v1"
 FULL_BPS = 10_000
@@ -42,8 +43,7 @@ class SplitRefused(ValueError):
     """Inputs no split can honour: negative money, a rate outside 0..10000, an over-refund."""
 
 
-@dataclass(frozen=True)
-class Parts:
+class Parts(msgspec.Struct, frozen=True):
     fee: int
     share: int
     margin: int
@@ -62,8 +62,7 @@ class Parts:
 NO_PARTS = Parts(0, 0, 0)
 
 
-@dataclass(frozen=True)
-class Split:
+class Split(msgspec.Struct, frozen=True):
     """How ``gross`` was shared, with everything needed to check it by hand."""
 
     gross: int
@@ -94,12 +93,17 @@ def allocate(total: int, weights: Sequence[int]) -> list[int]:
         if total:
             raise SplitRefused(f"cannot share {total} among nothing")
         return [0] * len(weights)
-    exact = [divmod(total * weight, denominator) for weight in weights]
-    parts = [whole for whole, _ in exact]
+    parts: list[int] = []
+    remainders: list[int] = []
+    for weight in weights:
+        whole, remainder = divmod(total * weight, denominator)
+        parts.append(whole)
+        remainders.append(remainder)
     leftover = total - sum(parts)
-    by_remainder = sorted(range(len(weights)), key=lambda i: (-exact[i][1], i))
-    for index in by_remainder[:leftover]:
-        parts[index] += 1
+    if leftover:
+        by_remainder = sorted(range(len(weights)), key=lambda i: (-remainders[i], i))
+        for index in by_remainder[:leftover]:
+            parts[index] += 1
     return parts
 
 

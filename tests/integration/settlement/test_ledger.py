@@ -71,6 +71,13 @@ async def test_an_unbalanced_insert_is_refused_by_the_database(ledger_pool: db.P
             "('charge:y', 1, 'customer_receivables', NULL, 'USD', 100, 'gross'),"
             " ('charge:y', 2, 'fee_revenue', NULL, 'EUR', -100, 'fee')",
         )
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="does not exist"):
+        await post_entry(
+            ledger_pool,
+            "charge:w",
+            "('charge:ghost', 1, 'customer_receivables', NULL, 'USD', 100, 'gross'),"
+            " ('charge:ghost', 2, 'fee_revenue', NULL, 'USD', -100, 'fee')",
+        )
     await post_entry(
         ledger_pool,
         "charge:z",
