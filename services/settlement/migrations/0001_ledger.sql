@@ -21,7 +21,6 @@ CREATE TABLE journal_entries (
     event_id   text,
     recorded_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX journal_entries_order ON journal_entries (order_id) WHERE order_id IS NOT NULL;
 
 CREATE TABLE postings (
     -- Its journal entry must exist: checked per statement by the trigger below (a
