@@ -36,3 +36,4 @@ test: lint typecheck
 
 bench: deps
 	uv run python -m bench.catalog_browse
+	uv run python -m bench.settlement_backlog
