@@ -1,6 +1,6 @@
 # One target per thing a developer does. `make run` and `make test` are the two
 # set-up commands of the README: each installs what it needs first.
-.PHONY: deps run stop status test lint typecheck test-unit test-integration test-e2e bench
+.PHONY: deps run stop status test lint typecheck test-unit test-integration test-e2e test-security bench bench-plumbing
 
 deps:
 	@bash deploy/local/prerequisites.sh
@@ -30,6 +30,9 @@ test-integration: deps
 test-e2e: deps
 	uv run pytest tests/e2e
 
+test-security: deps
+	uv run pytest tests/security
+
 # The whole suite: static checks, then every test level in one pytest run.
 test: lint typecheck
 	uv run pytest
@@ -37,3 +40,15 @@ test: lint typecheck
 bench: deps
 	uv run python -m bench.catalog_browse
 	uv run python -m bench.settlement_backlog
+	uv run python -m bench.orders_place --profile
+
+# Consumers and the relay beside raw Kafka and PostgreSQL; uses
+# TEST_KAFKA_BOOTSTRAP/TEST_PG_DSN when set, else starts its own servers.
+bench-plumbing: deps
+	uv run python -m bench.plumbing
+
+# A co-sell day played against the marketplace `make run` started; flags via
+# ARGS, e.g. make demo ARGS="--orders 500 --concurrency 32 --seed 3".
+.PHONY: demo
+demo: deps
+	uv run python -m deploy.demo $(ARGS)

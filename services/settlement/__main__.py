@@ -11,11 +11,11 @@ from services.settlement.consumers import OrderEventBooker, order_consumer
 from services.settlement.http import SettlementHttp, build_api
 from services.settlement.split import DEFAULT_FEE_BPS, FULL_BPS
 from shared import account_generations
-from shared.contracts import catalog_accounts, orders, payouts
+from shared.contracts import orders, payouts
 from shared.service import Compose, Composition, Runtime, ServiceSettings, main
 
 # What it reads (orders, accounts) and writes (payouts); creating a topic that exists is a no-op.
-TOPICS = (orders.TOPIC, payouts.TOPIC, catalog_accounts.TOPIC)
+TOPICS = (orders.TOPIC, payouts.TOPIC, *account_generations.TOPICS)
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Settlement refuses tokens a rotation superseded, from its own view of catalog.accounts.
 EXTRA_MIGRATIONS = (account_generations.MIGRATIONS,)
