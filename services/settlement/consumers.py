@@ -1,4 +1,4 @@
-"""The orders topic, booked into the ledger."""
+"""The orders topic, booked into the ledger by the batch consumer, in each order's sequence."""
 
 from __future__ import annotations
 
@@ -7,33 +7,33 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 
 from services.settlement.domain import LedgerRefused
-from services.settlement.handlers import OrderEvent, settle_order_events
-from shared.consumer import IdempotentConsumer, PermanentError
+from services.settlement.handlers import settle_order_events
+from shared.consumer import BatchConsumer, Delivery, PermanentError
 from shared.contracts import orders
-from shared.contracts.envelope import Envelope, Event, EventRegistry
+from shared.contracts.envelope import EventRegistry
 from shared.db import Connection, Pool
 
 CONSUMER = "settlement-ledger"
 
 
 class OrderEventBooker:
-    """Books order events; the one entry point for the consumer, replays and the bench."""
+    """Books order events; the one entry point for the consumer, the tests and the bench."""
 
     def __init__(self, fee_bps: int) -> None:
         self.fee_bps = fee_bps
         self.registry = EventRegistry(orders.TOPIC.events)
 
-    async def apply(self, conn: Connection, events: Sequence[OrderEvent]) -> None:
+    async def apply(self, conn: Connection, deliveries: Sequence[Delivery]) -> None:
         try:
             await settle_order_events(
-                conn, events, fee_bps=self.fee_bps, decode=self.registry.decode
+                conn,
+                [(delivery.envelope, delivery.event) for delivery in deliveries],
+                fee_bps=self.fee_bps,
+                decode=self.registry.decode,
             )
         except LedgerRefused as exc:
             # Retrying cannot make an over-refund or an unknown charge bookable.
             raise PermanentError(str(exc)) from exc
-
-    async def apply_one(self, conn: Connection, envelope: Envelope, event: Event) -> None:
-        await self.apply(conn, [(envelope, event)])
 
 
 def order_consumer(
@@ -44,14 +44,19 @@ def order_consumer(
     pool: Pool,
     producer: AIOKafkaProducer,
     group_id: str | None = None,
-) -> IdempotentConsumer:
-    return IdempotentConsumer(
+    max_batch: int = 2_000,
+) -> BatchConsumer:
+    """Chunks of one partition's new events, one transaction each; an order's events in
+    its sequence (``strict``: a gap is parked by the consumer until it fills)."""
+    return BatchConsumer(
         name=CONSUMER,
         bootstrap=bootstrap,
         topics=[topic_prefix + orders.TOPIC.name],
         registry=booker.registry,
-        handler=booker.apply_one,
+        handler=booker.apply,
         pool=pool,
         producer=producer,
         group_id=group_id,
+        max_batch=max_batch,
+        sequencing="strict",
     )

@@ -10,6 +10,7 @@ import pytest
 from services.settlement import store
 from services.settlement.consumers import OrderEventBooker
 from shared import db
+from shared.consumer import Delivery
 from shared.ids import new_id
 from tests.integration.settlement.order_events import OrderEvent, OrderScript, Part
 
@@ -30,7 +31,7 @@ def three_partners() -> tuple[str, str, str, Part, Part, Part]:
 
 async def book(pool: db.Pool, events: list[OrderEvent]) -> None:
     async with db.unit_of_work(pool) as conn:
-        await OrderEventBooker(300).apply(conn, events)
+        await OrderEventBooker(300).apply(conn, [Delivery(e, event) for e, event in events])
 
 
 async def owed(pool: db.Pool, partner_id: str) -> dict[str, int]:
