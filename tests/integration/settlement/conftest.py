@@ -12,7 +12,6 @@ currency when the test ends (``trial_balance_stays_zero``, autouse).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -40,12 +39,12 @@ from shared.contracts import orders
 from shared.contracts.envelope import encode_envelope
 from shared.migrations import PLUMBING_MIGRATIONS, migrate
 from shared.outbox import kafka_headers
-from shared.service import run_service
 from shared.settings import Secret
 from shared.tokens import TokenIssuer
 from tests.integration.settlement.order_events import OrderEvent
 from tests.support.infra import Infra, temporary_database
 from tests.support.keys import TokenKeys
+from tests.support.running import running_service
 from tests.support.waiting import wait_for
 
 _NO_BODY = object()
@@ -227,48 +226,26 @@ async def running_settlement(
         consumer_group=consumer_group or f"settlement-{uuid.uuid4().hex[:10]}",
         shutdown_timeout_seconds=5,
     )
-    stop = asyncio.Event()
-    service = asyncio.create_task(
-        run_service(
-            name="settlement",
-            settings=settings,
+    async with (
+        running_service(
+            "settlement",
+            settings,
             migrations=MIGRATIONS,
             topics=TOPICS,
             compose=composer(settings),
-            stop=stop,
             extra_migrations=EXTRA_MIGRATIONS,
-        ),
-        name="settlement-under-test",
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as session:
-
-            async def ready() -> bool:
-                if service.done():
-                    service.result()  # a failed start fails the fixture with its cause
-                    raise AssertionError("settlement stopped while starting")
-                async with session.get(f"{base_url}/readyz") as response:
-                    return response.status == 200
-
-            await wait_for(
-                ready,
-                timeout=60,
-                message="settlement did not become ready",
-                ignore=(aiohttp.ClientConnectionError,),
-            )
-            yield Settlement(
-                base_url=base_url,
-                operator_token=token_keys.operator_token,
-                database_url=database_url,
-                kafka_bootstrap=infra.kafka_bootstrap,
-                topic_prefix=topic_prefix,
-                issuer=TokenIssuer(token_keys.private_pem, ttl=timedelta(days=1)),
-                session=session,
-            )
-    finally:
-        stop.set()
-        await asyncio.wait_for(service, timeout=30)
+        ) as base_url,
+        aiohttp.ClientSession() as session,
+    ):
+        yield Settlement(
+            base_url=base_url,
+            operator_token=token_keys.operator_token,
+            database_url=database_url,
+            kafka_bootstrap=infra.kafka_bootstrap,
+            topic_prefix=topic_prefix,
+            issuer=TokenIssuer(token_keys.private_pem, ttl=timedelta(days=1)),
+            session=session,
+        )
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
