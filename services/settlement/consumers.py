@@ -51,7 +51,8 @@ def order_consumer(
     return BatchConsumer(
         name=CONSUMER,
         bootstrap=bootstrap,
-        topics=[topic_prefix + orders.TOPIC.name],
+        topics=[orders.TOPIC.name],
+        topic_prefix=topic_prefix,
         registry=booker.registry,
         handler=booker.apply,
         pool=pool,
