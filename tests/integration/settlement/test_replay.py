@@ -69,9 +69,10 @@ async def snapshot(service: Settlement, partners: list[str]) -> dict[str, Any]:
 
 
 async def caught_up(service: Settlement, group: str) -> None:
+    # Consumer groups are namespaced by the deployment's prefix, like its topics.
     topic = service.topic_prefix + orders.TOPIC.name
     await wait_for(
-        lambda: group_caught_up(service.kafka_bootstrap, group, topic),
+        lambda: group_caught_up(service.kafka_bootstrap, service.topic_prefix + group, topic),
         timeout=60,
         message="the replay did not reach the end of the orders topic",
     )
@@ -90,7 +91,7 @@ async def test_replaying_the_orders_topic_rebuilds_the_same_ledger(
             token_keys,
             database_url=first_db,
             topic_prefix=prefix,
-            consumer_group=prefix + "a1",
+            consumer_group="a1",
         ) as first:
             await publish_order_events(infra.kafka_bootstrap, prefix + orders.TOPIC.name, events)
             await wait_until_settled(first_db, event_ids, within=60)
@@ -103,7 +104,7 @@ async def test_replaying_the_orders_topic_rebuilds_the_same_ledger(
                 token_keys,
                 database_url=fresh_db,
                 topic_prefix=prefix,
-                consumer_group=prefix + "b1",
+                consumer_group="b1",
             ) as rebuilt:
                 await wait_until_settled(fresh_db, event_ids, within=60)
                 assert await snapshot(rebuilt, partners) == original
@@ -122,9 +123,9 @@ async def test_replaying_the_orders_topic_rebuilds_the_same_ledger(
             token_keys,
             database_url=first_db,
             topic_prefix=prefix,
-            consumer_group=prefix + "a2",
+            consumer_group="a2",
         ) as again:
-            await caught_up(again, prefix + "a2")
+            await caught_up(again, "a2")
             await wait_until_settled(first_db, event_ids, within=60)
             assert await snapshot(again, partners) == original
         await assert_trial_balance_zero(first_db)
