@@ -1,0 +1,69 @@
+"""What a second black-box attack (after issue 6's fixes) still got through.
+
+Each test is one reproduction, sent as an HTTP client would send it.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.integration.catalog.conftest import Catalog, unique
+
+
+def email() -> str:
+    return f"{uuid.uuid4().hex}@example.com"
+
+
+async def test_a_unit_name_with_a_trailing_newline_is_refused(catalog: Catalog) -> None:
+    # Python's "$" also matches before a final newline, so "GB-hour\n" passed the unit's
+    # pattern and reached the offering, its events and every statement line that names it.
+    partner = await catalog.onboard_partner()
+    pricing = {"model": "usage", "unit_amount": 1, "unit": "GB-hour\n"}
+    body = catalog.offering_body(partner, components=[catalog.component(partner, pricing=pricing)])
+    reply = await catalog.call("POST", "/v1/offerings", token=partner.token, body=body)
+    assert reply.status == 422, reply.body
+    assert reply.fields == ["components[0].pricing.unit"]
+
+
+@pytest.mark.parametrize(
+    "local",
+    ["evil\u202eoc.x", "a\u200bb", "a\x85b", "a\x9bb", "a\ufeffb"],
+    ids=["bidi override", "zero width", "C1 NEL", "C1 CSI", "BOM"],
+)
+async def test_an_email_refuses_hidden_characters(catalog: Catalog, local: str) -> None:
+    body = {"name": unique("customer"), "email": f"{local}{uuid.uuid4().hex[:6]}@example.com"}
+    reply = await catalog.call("POST", "/v1/customers", body=body)
+    assert reply.status == 422, reply.body
+    assert reply.fields == ["email"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["\u3164", "\u115f\u1160", "\uffa0", "\u2800", "a\u034fb"],
+    ids=["hangul filler", "hangul choseong/jungseong fillers", "halfwidth filler",
+         "braille blank", "combining grapheme joiner"],
+)  # fmt: skip
+async def test_a_name_refuses_blank_looking_fillers(catalog: Catalog, name: str) -> None:
+    reply = await catalog.call("POST", "/v1/customers", body={"name": name, "email": email()})
+    assert reply.status == 422, reply.body
+    assert reply.fields == ["name"]
+
+
+@pytest.mark.parametrize(
+    "guessable",
+    ["abcdef" * 6, "ABCDEFabcdef" * 3, "abcdefghijklmnopqrstuvwxyz012345",
+     "0123456789abcdef0123456789abcdef", "customer-signup-0001-customer-signup-0002",
+     "zyxwvutsrqponmlkjihgfedcba987654"],
+    ids=["repeated 6", "repeated 12", "alphabet", "hex digits twice", "counter", "descending"],
+)  # fmt: skip
+async def test_a_patterned_key_on_sign_up_is_refused(catalog: Catalog, guessable: str) -> None:
+    reply = await catalog.call(
+        "POST",
+        "/v1/customers",
+        body={"name": unique("customer"), "email": email()},
+        headers={"Idempotency-Key": guessable},
+    )
+    assert reply.status == 422, reply.body
+    assert reply.fields == ["Idempotency-Key"]
