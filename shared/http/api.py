@@ -274,6 +274,10 @@ def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[we
             assert keyed is not None  # a stale token without a key was refused above
             # A retry of a request that succeeded (a rotation whose reply was lost) gets
             # that reply, though its success superseded the very token it was sent with.
+            # A superseded token may be the leaked one it was rotated for, so the key is
+            # then the only secret: a guessable one replays nothing, as on a public door.
+            if not idempotency.unguessable(keyed.key):
+                raise unauthorized(_SUPERSEDED)
             replay = await idempotency.replay_stored(
                 request.app[DB_POOL], request.app[KEY_SECRET], keyed
             )

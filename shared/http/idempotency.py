@@ -63,17 +63,19 @@ def require_unguessable(key: str) -> None:
     ``secrets.token_hex(16)`` qualify; ``signup-1``, a run of zeros, ``abcdef``
     six times or the alphabet do not.
     """
-    if (
-        not _UNGUESSABLE.match(key)
-        or len(set(key) - {"-"}) < _MIN_DISTINCT
-        or _repeats(key)
-        or _counts(key)
-    ):
+    if not unguessable(key):
         raise invalid(
             HEADER,
             "on a public endpoint it must be unguessable: a UUIDv4 or at least 32 random"
             " characters of A-Z a-z 0-9 - _",
         )
+
+
+def unguessable(key: str) -> bool:
+    """Whether ``key`` looks random enough to stand in for a caller's identity."""
+    return bool(_UNGUESSABLE.match(key)) and not (
+        len(set(key) - {"-"}) < _MIN_DISTINCT or _repeats(key) or _counts(key)
+    )
 
 
 def _repeats(key: str) -> bool:

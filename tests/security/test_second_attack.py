@@ -67,3 +67,24 @@ async def test_a_patterned_key_on_sign_up_is_refused(catalog: Catalog, guessable
     )
     assert reply.status == 422, reply.body
     assert reply.fields == ["Idempotency-Key"]
+
+
+@pytest.mark.parametrize("key", ["rotate", "1", "rotate-token-after-leak"])
+async def test_a_leaked_token_cannot_fetch_its_replacement_by_guessing_the_rotation_key(
+    catalog: Catalog, key: str
+) -> None:
+    # A token is rotated because it leaked. On an authenticated endpoint any key will do,
+    # but once the token is superseded the key is all that tells the owner's retry from
+    # the thief's: a guessable one must replay nothing, or the thief gets the new token.
+    partner = await catalog.onboard_partner()
+    path = f"/v1/partners/{partner.id}/rotate-token"
+    rotated = await catalog.call(
+        "POST", path, token=partner.token, headers={"Idempotency-Key": key}
+    )
+    new_token = rotated.expect(200)["token"]
+    stolen = await catalog.call("POST", path, token=partner.token, headers={"Idempotency-Key": key})
+    assert stolen.status == 401, stolen.body
+    assert new_token not in str(stolen.body)
+    # The owner, holding the new token, still gets its own rotation replayed.
+    owner = await catalog.call("POST", path, token=new_token, headers={"Idempotency-Key": key})
+    assert owner.expect(200) == {"token": new_token}
