@@ -310,6 +310,10 @@ def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[we
 
 
 async def _read_body(request: web.Request) -> bytes:
+    declared = request.content_length
+    if declared is not None and declared > request.client_max_size:
+        # Known from the head: waiting for the body would only hold the connection open.
+        raise HTTPProblem(413, "Request body too large", "the request body is larger than allowed")
     try:
         async with asyncio.timeout(request.app[TIMEOUTS].body_seconds):
             return await request.read()
