@@ -5,18 +5,13 @@ Each test is one reproduction, sent as an HTTP client would send it.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 
-from tests.integration.catalog.conftest import Catalog, running_catalog, unique
+from tests.integration.catalog.conftest import Catalog, unique
 from tests.security.conftest import raw_exchange
-from tests.support.infra import Infra
-from tests.support.keys import TokenKeys
 
 JSON = {"Content-Type": "application/json"}
 
@@ -99,15 +94,6 @@ async def test_a_leaked_token_cannot_fetch_its_replacement_by_guessing_the_rotat
     assert owner.expect(200) == {"token": new_token}
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def patient_catalog(infra: Infra, token_keys: TokenKeys) -> AsyncIterator[Catalog]:
-    """Shipped read deadlines (30 s for a body), and a public limit of one request."""
-    async with running_catalog(
-        infra, token_keys, public_rate_limit_per_minute=1, public_rate_limit_burst=1
-    ) as running:
-        yield running
-
-
 async def closed_within(catalog: Catalog, request: bytes, seconds: float) -> bytes:
     """The whole reply to ``request``, failing if the service keeps the connection longer."""
     started = time.monotonic()
@@ -117,32 +103,35 @@ async def closed_within(catalog: Catalog, request: bytes, seconds: float) -> byt
 
 
 async def test_a_body_declared_larger_than_allowed_is_refused_at_once(
-    patient_catalog: Catalog,
+    limited_catalog: Catalog,
 ) -> None:
     # Declaring 2 MB and sending 2 bytes held the connection for the body deadline (30 s)
     # and then answered 408; the size is known from the head, so it is 413 at once, and
     # the rest of the body is not waited for either.
     head = (
         b"POST /v1/partners HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Authorization: Bearer " + patient_catalog.operator_token.encode() + b"\r\n"
+        b"Authorization: Bearer " + limited_catalog.operator_token.encode() + b"\r\n"
         b"Content-Length: 2000000\r\n\r\n{}"
     )
-    reply = await closed_within(patient_catalog, head, 5.0)
+    reply = await closed_within(limited_catalog, head, 5.0)
     assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
     assert b"application/problem+json" in reply
 
 
 async def test_a_client_over_the_limit_cannot_hold_its_connection_open(
-    patient_catalog: Catalog,
+    limited_catalog: Catalog,
 ) -> None:
     # 429 is answered before the body is read; aiohttp then waited up to 30 s for the
     # body to drain, so a client over its limit still held a connection per request.
-    body = json.dumps({"name": unique("customer"), "email": email()}).encode()
-    first = await patient_catalog.call("POST", "/v1/customers", raw=body, headers=JSON)
-    assert first.status == 201
+    # limited_catalog: the shipped read deadlines, a burst of 5 sign-ups, one per 10 s.
+    statuses = [
+        (await limited_catalog.call("POST", "/v1/customers", raw=b"{}", headers=JSON)).status
+        for _ in range(6)
+    ]
+    assert statuses[-1] == 429, statuses
     head = (
         b"POST /v1/customers HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Content-Length: 1000\r\n\r\n{"
     )
-    reply = await closed_within(patient_catalog, head, 5.0)
+    reply = await closed_within(limited_catalog, head, 5.0)
     assert reply.startswith(b"HTTP/1.1 429 "), reply[:200]
