@@ -281,6 +281,10 @@ def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[we
             assert keyed is not None  # a stale token without a key was refused above
             # A retry of a request that succeeded (a rotation whose reply was lost) gets
             # that reply, though its success superseded the very token it was sent with.
+            # A superseded token may be the leaked one it was rotated for, so the key is
+            # then the only secret: a guessable one replays nothing, as on a public door.
+            if not idempotency.unguessable(keyed.key):
+                raise unauthorized(_SUPERSEDED)
             replay = await idempotency.replay_stored(
                 request.app[DB_POOL], request.app[KEY_SECRET], keyed
             )
@@ -315,6 +319,10 @@ def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[we
 
 
 async def _read_body(request: web.Request) -> bytes:
+    declared = request.content_length
+    if declared is not None and declared > request.client_max_size:
+        # Known from the head: waiting for the body would only hold the connection open.
+        raise HTTPProblem(413, "Request body too large", "the request body is larger than allowed")
     try:
         async with asyncio.timeout(request.app[TIMEOUTS].body_seconds):
             return await request.read()
