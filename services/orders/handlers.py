@@ -119,12 +119,14 @@ async def report_usage(conn: Connection, order_id: str, report: ReportUsage, now
     found = await store.lock_order(conn, order_id)
     if found is None:
         raise RuleViolated.single("order_id", "no such order of yours")
-    # Checked under the order's lock, so two reports of one usage id count once.
+    # Checked under the order's lock, so a repeat for this order counts once.
     if await store.usage_counted(conn, report.partner_id, report.usage_id):
         return
     transition = domain.record_usage(found, report, now)
     charge = transition.order.usage_charges[-1]
-    await store.record_usage(
+    # The check above cannot see a report of this usage id for another order
+    # still in flight; the insert waits for it, and then finds it counted.
+    newly_counted = await store.record_usage(
         conn,
         reporter_id=report.partner_id,
         usage_id=report.usage_id,
@@ -134,6 +136,8 @@ async def report_usage(conn: Connection, order_id: str, report: ReportUsage, now
         quantity=report.quantity,
         occurred_at=report.occurred_at,
     )
+    if not newly_counted:
+        return
     await store.save_changes(conn, found, transition.order)
     await _record_events(conn, transition)
 

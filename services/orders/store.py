@@ -266,7 +266,7 @@ async def record_usage(
     quantity: int,
     occurred_at: datetime,
 ) -> bool:
-    """False when this usage id of this partner was already counted."""
+    """False when this usage id of this partner was already counted (for any order)."""
     inserted = await conn.fetchval(
         "INSERT INTO usage_records (reporter_id, usage_id, order_id, charge_id, amount,"
         " quantity, occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
