@@ -15,13 +15,11 @@ import asyncpg
 import pytest
 
 from services.orders import domain, handlers, store
-from services.orders.__main__ import EXTRA_MIGRATIONS, MIGRATIONS
 from services.orders.domain import Accept, OfferingVersion, ReportUsage, RequestedLine
 from shared.contracts import orders as o_events
 from shared.contracts.catalog_offerings import ComponentState
 from shared.contracts.pricing import UsagePricing
 from shared.ids import new_id
-from shared.migrations import PLUMBING_MIGRATIONS, migrate
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -49,18 +47,6 @@ OFFERING = OfferingVersion(
 )
 
 
-@pytest.fixture
-async def orders_db(fresh_database: str) -> str:
-    conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(fresh_database)
-    try:
-        await migrate(
-            conn, [("plumbing", PLUMBING_MIGRATIONS), *EXTRA_MIGRATIONS, ("orders", MIGRATIONS)]
-        )
-    finally:
-        await conn.close()
-    return fresh_database
-
-
 async def confirmed_order(conn: asyncpg.Connection[asyncpg.Record]) -> str:
     placed = domain.price_order(
         order_id=new_id("ord"),
@@ -78,10 +64,10 @@ async def confirmed_order(conn: asyncpg.Connection[asyncpg.Record]) -> str:
 
 
 async def test_one_usage_id_reported_for_two_orders_at_once_is_charged_once(
-    orders_db: str,
+    migrated_orders_db: str,
 ) -> None:
-    first: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(orders_db)
-    second: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(orders_db)
+    first: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(migrated_orders_db)
+    second: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(migrated_orders_db)
     try:
         one, two = await confirmed_order(first), await confirmed_order(first)
         report = ReportUsage(
