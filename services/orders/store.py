@@ -138,12 +138,16 @@ async def insert_order(conn: Connection, order: Order) -> None:
     )
 
 
-async def lock_order(conn: Connection, order_id: str) -> Order | None:
-    """The order, its row locked until the transaction ends: changes to it queue here."""
+async def lock_order(conn: Connection, order_id: str, *, with_usage: bool = True) -> Order | None:
+    """The order, its row locked until the transaction ends: changes to it queue here.
+
+    ``with_usage=False`` leaves out the usage already charged, which only a
+    cancellation needs (to refund it) and which grows with every report.
+    """
     locked = await conn.fetchval("SELECT id FROM orders WHERE id = $1 FOR UPDATE", order_id)
     if locked is None:
         return None
-    found = await orders_by_id(conn, [order_id], with_usage=True)
+    found = await orders_by_id(conn, [order_id], with_usage=with_usage)
     return found[0]
 
 

@@ -1,15 +1,16 @@
-"""One usage id reported for two orders at once is charged once, not once per order.
+"""Usage reports on real PostgreSQL: each usage id charged once, each report cheap.
 
-The handlers run on real PostgreSQL, two transactions side by side: the
-second report finds nothing counted (the first has not committed), then
-waits on the first's row of ``usage_records``.  When it stops waiting, the
-row it meant to insert already exists; it must record nothing either.
+Two transactions side by side report one usage id for two orders: the
+second finds nothing counted (the first has not committed), then waits on
+the first's row of ``usage_records``.  When it stops waiting, the row it
+meant to insert already exists; it must record nothing either.
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -19,6 +20,7 @@ from services.orders.domain import Accept, OfferingVersion, ReportUsage, Request
 from shared.contracts import orders as o_events
 from shared.contracts.catalog_offerings import ComponentState
 from shared.contracts.pricing import UsagePricing
+from shared.db import Connection
 from shared.ids import new_id
 from tests.support.waiting import wait_for
 
@@ -106,3 +108,50 @@ async def test_one_usage_id_reported_for_two_orders_at_once_is_charged_once(
     finally:
         await first.close()
         await second.close()
+
+
+class CountingRows:
+    """A real connection that counts the rows its ``fetch`` calls bring back."""
+
+    def __init__(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
+        self.conn = conn
+        self.rows = 0
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        found = await self.conn.fetch(sql, *args)
+        self.rows += len(found)
+        return found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+async def test_a_usage_report_does_not_read_the_orders_earlier_usage(
+    migrated_orders_db: str,
+) -> None:
+    conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(migrated_orders_db)
+    try:
+        order_id = await confirmed_order(conn)
+        earlier = 2_000
+        await conn.execute(
+            "INSERT INTO usage_records (reporter_id, usage_id, order_id, charge_id, amount,"
+            " quantity, occurred_at) SELECT $1, 'old-' || i, $2, 'usage.old.' || i, 3, 1, $3"
+            " FROM generate_series(1, $4) i",
+            ISV,
+            order_id,
+            NOW,
+            earlier,
+        )
+        counting = CountingRows(conn)
+        report = ReportUsage(
+            usage_id="new", partner_id=ISV, component_partner_id=None, quantity=1, occurred_at=NOW
+        )
+        async with conn.transaction():
+            await handlers.report_usage(cast(Connection, counting), order_id, report, NOW)
+        assert counting.rows < 10, counting.rows
+        charged = await conn.fetchval(
+            "SELECT count(*) FROM usage_records WHERE order_id = $1", order_id
+        )
+        assert charged == earlier + 1
+    finally:
+        await conn.close()
