@@ -94,7 +94,9 @@ def consumer(
 ) -> IdempotentConsumer:
     """The consumer that keeps ``account_generations`` up to date in ``service``'s database."""
     return IdempotentConsumer(
-        name=f"{service}.account-generations",
+        # The prefix keeps deployments sharing a broker out of each other's group:
+        # one group across them makes each wait out the others' rebalances.
+        name=f"{topic_prefix}{service}.account-generations",
         bootstrap=bootstrap,
         topics=[catalog_accounts.TOPIC.name],
         topic_prefix=topic_prefix,
