@@ -94,9 +94,7 @@ def consumer(
 ) -> IdempotentConsumer:
     """The consumer that keeps ``account_generations`` up to date in ``service``'s database."""
     return IdempotentConsumer(
-        # The prefix keeps deployments sharing a broker out of each other's group:
-        # one group across them makes each wait out the others' rebalances.
-        name=f"{topic_prefix}{service}.account-generations",
+        name=f"{service}.account-generations",
         bootstrap=bootstrap,
         topics=[catalog_accounts.TOPIC.name],
         topic_prefix=topic_prefix,

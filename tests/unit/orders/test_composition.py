@@ -29,8 +29,7 @@ async def consumer_groups(topic_prefix: str) -> set[str]:
         verifier=cast(Any, None),
     )
     composition = await compose(runtime)
-    # A consumer's group is its name (no loop here passes another group id).
-    return {loop.name for loop in composition.loops if isinstance(loop, BatchConsumer)}
+    return {loop.group_id for loop in composition.loops if isinstance(loop, BatchConsumer)}
 
 
 async def test_two_topic_prefixes_never_share_a_consumer_group() -> None:
