@@ -94,7 +94,8 @@ def consumer(
 ) -> IdempotentConsumer:
     """The consumer that keeps ``account_generations`` up to date in ``service``'s database."""
     return IdempotentConsumer(
-        name=f"{service}.account-generations",
+        # The prefix is part of the group: deployments sharing a Kafka never share a group.
+        name=f"{topic_prefix}{service}.account-generations",
         bootstrap=bootstrap,
         topics=[topic_prefix + catalog_accounts.TOPIC.name],
         registry=EventRegistry(catalog_accounts.TOPIC.events),
