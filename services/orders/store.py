@@ -282,13 +282,14 @@ async def record_usage(
     return bool(inserted)
 
 
-async def usage_counted(conn: Connection, reporter_id: str, usage_id: str) -> bool:
-    found = await conn.fetchval(
-        "SELECT true FROM usage_records WHERE reporter_id = $1 AND usage_id = $2",
+async def usage_order(conn: Connection, reporter_id: str, usage_id: str) -> str | None:
+    """The order this partner's usage id was counted for, if it was."""
+    found: str | None = await conn.fetchval(
+        "SELECT order_id FROM usage_records WHERE reporter_id = $1 AND usage_id = $2",
         reporter_id,
         usage_id,
     )
-    return bool(found)
+    return found
 
 
 async def list_order_ids(
