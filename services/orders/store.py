@@ -270,7 +270,9 @@ async def record_usage(
     inserted = await conn.fetchval(
         "INSERT INTO usage_records (reporter_id, usage_id, order_id, charge_id, amount,"
         " quantity, occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-        " ON CONFLICT (reporter_id, usage_id) DO NOTHING RETURNING true",
+        # No conflict target: a concurrent insert of the same usage may trip the
+        # charge_id index first (it derives from the key), which must not be a 500.
+        " ON CONFLICT DO NOTHING RETURNING true",
         reporter_id,
         usage_id,
         order_id,

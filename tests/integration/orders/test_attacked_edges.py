@@ -52,28 +52,35 @@ async def test_a_usage_id_is_charged_once_even_when_reported_for_two_orders_at_o
     catalog: Catalog, orders: Orders
 ) -> None:
     offering = await publish_joint_offering(catalog, orders, usage=True)
-    _, first = await confirmed_order(orders, catalog, offering)
-    _, second = await confirmed_order(orders, catalog, offering)
-    ids = (first["id"], second["id"])
-    aimed = [ids[i % 2] for i in range(20)]
-    replies = await asyncio.gather(
-        *(report(orders, offering.isv, usage(order_id, "u-race")) for order_id in aimed)
-    )
-    async with orders.database() as db:
-        counted_for = await db.fetchval(
-            "SELECT order_id FROM usage_records WHERE reporter_id = $1 AND usage_id = 'u-race'",
-            offering.isv.id,
+    # Reports for different orders do not queue on one order's lock: they race to the insert.
+    ids = [(await confirmed_order(orders, catalog, offering))[1]["id"] for _ in range(6)]
+    aimed = [ids[i % len(ids)] for i in range(48)]
+    counted: list[str] = []
+    # A few rounds: which unique index a losing insert trips first is up to timing.
+    for usage_id in ("u-race-1", "u-race-2", "u-race-3"):
+        replies = await asyncio.gather(
+            *(report(orders, offering.isv, usage(order_id, usage_id)) for order_id in aimed)
         )
+        async with orders.database() as db:
+            counted_for = await db.fetchval(
+                "SELECT order_id FROM usage_records WHERE reporter_id = $1 AND usage_id = $2",
+                offering.isv.id,
+                usage_id,
+            )
+        statuses = {(order_id, r.status) for order_id, r in zip(aimed, replies, strict=True)}
+        expected = {(i, 202 if i == counted_for else 409) for i in ids}
+        assert statuses == expected, usage_id
+        other = next(i for i in ids if i != counted_for)
+        again = await report(orders, offering.isv, usage(other, usage_id))
+        assert again.status == 409
+        assert "another order" in again.body["detail"]
+        counted.append(counted_for)
+    async with orders.database() as db:
         rows = await db.fetch("SELECT id, sequence FROM orders WHERE id = ANY($1::text[])", ids)
-    sequences = {row["id"]: row["sequence"] for row in rows}
-    other = ids[1] if counted_for == ids[0] else ids[0]
-    # Placed and confirmed, nothing more: no usage event for a charge never recorded.
-    assert sequences == {counted_for: 3, other: 2}
-    statuses = {(order_id, r.status) for order_id, r in zip(aimed, replies, strict=True)}
-    assert statuses == {(counted_for, 202), (other, 409)}
-    again = await report(orders, offering.isv, usage(other, "u-race"))
-    assert again.status == 409
-    assert "another order" in again.body["detail"]
+    # Placed, confirmed, then one event per usage counted for it: none for a charge never made.
+    assert {row["id"]: row["sequence"] for row in rows} == {
+        order_id: 2 + counted.count(order_id) for order_id in ids
+    }
 
 
 async def test_a_line_or_a_usage_charge_never_exceeds_the_money_cap(
