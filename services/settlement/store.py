@@ -304,14 +304,18 @@ async def payable_by_order(
     """``(partner, currency, order, amount)`` payable at ``as_of``.
 
     What became available by ``as_of``, less every payout ever made (a payout
-    run with an earlier ``as_of`` after a later one must not pay again).
+    run with an earlier ``as_of`` after a later one must not pay again), and
+    never more than is available now: money refunded since ``as_of`` went
+    back to the customer and is not the partner's to be paid.
     """
     rows = await conn.fetch(
         """
-        SELECT p.partner_id, p.currency, p.order_id, -sum(p.amount)::bigint AS payable
+        SELECT p.partner_id, p.currency, p.order_id,
+               least(-coalesce(sum(p.amount) FILTER (
+                         WHERE e.kind = 'payout' OR e.booked_at <= $1), 0),
+                     -sum(p.amount))::bigint AS payable
           FROM postings p JOIN journal_entries e ON e.entry_id = p.entry_id
          WHERE p.account = 'partner_available'
-           AND (e.kind = 'payout' OR e.booked_at <= $1)
          GROUP BY p.partner_id, p.currency, p.order_id
         """,
         as_of,
