@@ -6,8 +6,8 @@ import csv
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, overload
 
 import asyncpg
 import msgspec
@@ -50,6 +50,8 @@ OPERATOR: frozenset[Role] = frozenset({"operator"})
 PARTNER_OR_OPERATOR: frozenset[Role] = frozenset({"partner", "operator"})
 DEFAULT_CURRENCY = "USD"
 _BANK_COLUMNS = ("reference", "amount", "booked_at")
+# A statement line's number is a smallint in the ledger.
+_MAX_LINE = 32_767
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,32 @@ def _path_id(call: Call[Any, Any], name: str, what: str) -> str:
     except msgspec.ValidationError:
         raise NotFound(f"{what} {value[:64]}") from None
     return value
+
+
+@overload
+def _storable(field: str, value: datetime) -> datetime: ...
+@overload
+def _storable(field: str, value: None) -> None: ...
+def _storable(field: str, value: datetime | None) -> datetime | None:
+    """A time the database can hold: an offset can push a valid RFC 3339 time out of the
+    years 1..9999 once it is turned to UTC, which would fail in the driver, not here."""
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise invalid(field, "is out of range: years 1 to 9999 in UTC") from None
+
+
+def _statement_cursor(cursor: str) -> tuple[datetime, str, int]:
+    at, entry_id, line = cursor_of_type(cursor, str, str, int)
+    try:
+        booked_at = datetime.fromisoformat(at)
+        if booked_at.tzinfo is None or not 0 < line <= _MAX_LINE:
+            raise ValueError(at)
+        return booked_at.astimezone(UTC), entry_id, line
+    except (ValueError, OverflowError):
+        raise invalid("cursor", "not a cursor this list returned") from None
 
 
 def _own_partner(caller: Principal, partner_id: str) -> None:
@@ -237,19 +265,13 @@ def build_api(deps: SettlementHttp) -> Api:
         partner_id = _path_id(call, "partner_id", "partner")
         _own_partner(call.caller, partner_id)
         query = call.query
-        after: tuple[datetime, str, int] | None = None
-        if query.cursor is not None:
-            at, entry_id, line = cursor_of_type(query.cursor, str, str, int)
-            try:
-                after = (datetime.fromisoformat(at), entry_id, line)
-            except ValueError:
-                raise invalid("cursor", "not a cursor this list returned") from None
+        after = _statement_cursor(query.cursor) if query.cursor is not None else None
         async with call.connection() as conn:
             rows = await store.statement_lines(
                 conn,
                 partner_id,
-                since=query.since,
-                until=query.until,
+                since=_storable("query.from", query.since),
+                until=_storable("query.to", query.until),
                 after=after,
                 limit=query.limit + 1,
             )
@@ -271,8 +293,9 @@ def build_api(deps: SettlementHttp) -> Api:
         roles=OPERATOR, body=RunPayouts, response=PayoutRun, status=201, tag="payouts",
     )  # fmt: skip
     async def run_payouts(call: Call[RunPayouts, None]) -> PayoutRun:
+        as_of = _storable("as_of", call.body.as_of)
         async with call.transaction() as conn:
-            made = await handlers.run_payouts(conn, call.body.as_of, deps.clock())
+            made = await handlers.run_payouts(conn, as_of, deps.clock())
         return PayoutRun(
             payouts=[
                 PayoutMadeView(
@@ -326,8 +349,12 @@ def build_api(deps: SettlementHttp) -> Api:
     )  # fmt: skip
     async def create_reconciliation(call: Call[BankStatement, None]) -> ReconciliationReport:
         lines = [
-            handlers.BankLine(line.reference, line.amount, line.booked_at)
-            for line in call.body.lines
+            handlers.BankLine(
+                line.reference,
+                line.amount,
+                _storable(f"lines[{number}].booked_at", line.booked_at),
+            )
+            for number, line in enumerate(call.body.lines)
         ]
         async with call.transaction() as conn:
             reconciled = await handlers.reconcile(conn, lines)
@@ -356,7 +383,11 @@ def build_api(deps: SettlementHttp) -> Api:
         after = cursor_of_type(query.cursor, str)[0] if query.cursor else None
         async with call.connection() as conn:
             rows = await store.three_way(
-                conn, since=query.since, until=query.until, after=after, limit=query.limit + 1
+                conn,
+                since=_storable("query.from", query.since),
+                until=_storable("query.to", query.until),
+                after=after,
+                limit=query.limit + 1,
             )
         page = rows[: query.limit]
         more = len(rows) > query.limit

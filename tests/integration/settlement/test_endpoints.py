@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.contracts.orders import Charge
+from shared.http.pagination import encode_cursor
 from shared.ids import new_id
 from tests.integration.settlement.conftest import Settlement
 from tests.integration.settlement.order_events import OrderScript, Part
@@ -143,3 +144,68 @@ async def test_the_trial_balance_sums_to_zero_per_currency(settlement: Settlemen
     assert reply["totals"] == {"USD": 0}
     assert sum(a["balance"] for a in reply["accounts"]) == 0
     assert {"customer_receivables", "fee_revenue"} <= {a["account"] for a in reply["accounts"]}
+
+
+# Valid RFC 3339, but outside the years 1..9999 once turned to UTC, where the database keeps them.
+EARLIEST_PLUS_ONE_HOUR = "0001-01-01T00:00:00+01:00"
+LATEST_MINUS_TEN_HOURS = "9999-12-31T23:59:59-10:00"
+
+
+def cursor(position: list[object]) -> str:
+    return encode_cursor(position)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "params", "field"),
+    [
+        ("POST", "/v1/payouts/run", {"as_of": EARLIEST_PLUS_ONE_HOUR}, None, "as_of"),
+        ("POST", "/v1/payouts/run", {"as_of": LATEST_MINUS_TEN_HOURS}, None, "as_of"),
+        (
+            "POST",
+            "/v1/reconciliations",
+            {"lines": [{"reference": "MP-X", "amount": 1, "booked_at": LATEST_MINUS_TEN_HOURS}]},
+            None,
+            "lines[0].booked_at",
+        ),
+        ("GET", "/v1/checks/three-way", None, {"from": EARLIEST_PLUS_ONE_HOUR}, "query.from"),
+        ("GET", "/v1/checks/three-way", None, {"to": LATEST_MINUS_TEN_HOURS}, "query.to"),
+        ("GET", "/v1/statements/{partner}", None, {"from": EARLIEST_PLUS_ONE_HOUR}, "query.from"),
+        ("GET", "/v1/statements/{partner}", None, {"to": LATEST_MINUS_TEN_HOURS}, "query.to"),
+        (
+            "GET",
+            "/v1/statements/{partner}",
+            None,
+            {"cursor": cursor(["2026-01-01T00:00:00+00:00", "charge:x", 40_000])},
+            "cursor",
+        ),
+        (
+            "GET",
+            "/v1/statements/{partner}",
+            None,
+            {"cursor": cursor([EARLIEST_PLUS_ONE_HOUR, "charge:x", 1])},
+            "cursor",
+        ),
+        (
+            "GET",
+            "/v1/statements/{partner}",
+            None,
+            {"cursor": cursor(["2026-01-01T00:00:00", "charge:x", 1])},
+            "cursor",
+        ),
+    ],
+)
+async def test_times_and_cursors_out_of_range_are_refused_not_failed_on(
+    settlement: Settlement,
+    method: str,
+    path: str,
+    body: dict[str, object] | None,
+    params: dict[str, str] | None,
+    field: str,
+) -> None:
+    path = path.format(partner=new_id("ptr"))
+    if body is None:
+        reply = await settlement.operator(method, path, params=params)
+    else:
+        reply = await settlement.operator(method, path, body=body)
+    assert reply.status == 422, reply.body
+    assert reply.body["errors"][0]["field"] == field
