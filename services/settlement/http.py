@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,6 +51,7 @@ OPERATOR: frozenset[Role] = frozenset({"operator"})
 PARTNER_OR_OPERATOR: frozenset[Role] = frozenset({"partner", "operator"})
 DEFAULT_CURRENCY = "USD"
 _BANK_COLUMNS = ("reference", "amount", "booked_at")
+_BANK_AMOUNT = re.compile(r"-?[0-9]{1,18}")
 # A statement line's number is a smallint in the ledger.
 _MAX_LINE = 32_767
 
@@ -114,12 +116,18 @@ def read_bank_csv(raw: bytes) -> dict[str, Any]:
     if not rows or tuple(cell.strip() for cell in rows[0]) != _BANK_COLUMNS:
         raise invalid("body", f"the CSV's first row must be {','.join(_BANK_COLUMNS)}")
     lines: list[dict[str, str]] = []
-    for number, row in enumerate(rows[1:]):
+    for row in rows[1:]:
         if not row:
             continue
+        # Named as the JSON body would name it: blank rows are not lines.
+        where = f"lines[{len(lines)}]"
         if len(row) != len(_BANK_COLUMNS):
-            raise invalid(f"lines[{number}]", f"needs {len(_BANK_COLUMNS)} columns")
-        lines.append(dict(zip(_BANK_COLUMNS, (cell.strip() for cell in row), strict=True)))
+            raise invalid(where, f"needs {len(_BANK_COLUMNS)} columns")
+        line = dict(zip(_BANK_COLUMNS, (cell.strip() for cell in row), strict=True))
+        # Lenient conversion would read "1e3" or "١٢" as a number; a bank amount is digits.
+        if not _BANK_AMOUNT.fullmatch(line["amount"]):
+            raise invalid(f"{where}.amount", "must be whole minor units written in digits 0-9")
+        lines.append(line)
     return {"lines": lines}
 
 
