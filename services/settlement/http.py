@@ -200,6 +200,17 @@ def _order_check(row: asyncpg.Record) -> OrderCheck:
     charged, ledger = row["charged"], row["receivable"]
     fees, owed, paid_out = row["fees"], row["owed_to_partners"], row["paid_out"]
     disagreements: list[Disagreement] = []
+    # Confirming charges each line's amount, and the lines sum to the order's total.
+    total, confirmed = row["placed_total"], row["confirmed"]
+    if (confirmed is not None or row["status"] in ("confirmed", "fulfilled")) and (
+        confirmed or 0
+    ) != total:
+        disagreements.append(
+            Disagreement(
+                "charges_match_order",
+                f"the order's total is {total}, its confirmation charged {confirmed or 0}",
+            )
+        )
     if ledger != charged:
         disagreements.append(
             Disagreement(
@@ -228,6 +239,7 @@ def _order_check(row: asyncpg.Record) -> OrderCheck:
     return OrderCheck(
         order_id=row["order_id"],
         status=row["status"],
+        order_total=_money(total, currency),
         charged=_money(charged, currency),
         ledger=_money(ledger, currency),
         fees=_money(fees, currency),

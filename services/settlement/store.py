@@ -424,15 +424,17 @@ async def three_way(
     return await conn.fetch(
         """
         WITH picked AS (
-            SELECT order_id, currency, placed_at, status FROM settled_orders
+            SELECT order_id, currency, placed_at, status, placed_total FROM settled_orders
              WHERE ($1::timestamptz IS NULL OR placed_at >= $1)
                AND ($2::timestamptz IS NULL OR placed_at < $2)
                AND ($3::text IS NULL OR order_id > $3)
              ORDER BY order_id LIMIT $4
         ),
         charged AS (
-            SELECT c.order_id, sum(c.gross)::bigint AS charged FROM charges c
-              JOIN picked USING (order_id) GROUP BY c.order_id
+            SELECT c.order_id, sum(c.gross)::bigint AS charged,
+                   -- What confirming the order charged: usage is charged later, apart.
+                   sum(c.gross) FILTER (WHERE c.kind = 'order')::bigint AS confirmed
+              FROM charges c JOIN picked USING (order_id) GROUP BY c.order_id
         ),
         refunded AS (
             SELECT r.order_id, sum(r.amount)::bigint AS refunded FROM refunds r
@@ -450,7 +452,8 @@ async def three_way(
                         OR p.account = 'cash')::bigint AS paid_out
               FROM postings p JOIN picked USING (order_id) GROUP BY p.order_id
         )
-        SELECT picked.order_id, picked.currency, picked.status,
+        SELECT picked.order_id, picked.currency, picked.status, picked.placed_total,
+               charged.confirmed,
                coalesce(charged.charged, 0) - coalesce(refunded.refunded, 0) AS charged,
                coalesce(ledger.receivable, 0) AS receivable,
                coalesce(ledger.fees, 0) AS fees,

@@ -209,3 +209,22 @@ async def test_times_and_cursors_out_of_range_are_refused_not_failed_on(
         reply = await settlement.operator(method, path, body=body)
     assert reply.status == 422, reply.body
     assert reply.body["errors"][0]["field"] == field
+
+
+async def test_the_three_way_check_names_charges_that_miss_the_order_total(
+    settlement: Settlement,
+) -> None:
+    partner = new_id("ptr")
+    honest, _ = await earn(settlement, partner, 1_000)
+    short = OrderScript(customer_id=new_id("cus"), owner_id=partner)
+    charge = short.charge(Part(partner, "isv", 10_000), 900, 0)
+    await settlement.settle([short.placed(1_000), short.confirmed([charge]), short.fulfilled()])
+
+    checks = await settlement.operator("GET", "/v1/checks/three-way", params={"limit": 500})
+    by_order = {c["order_id"]: c for c in checks.expect(200)["items"]}
+    assert by_order[honest.order_id]["agrees"]
+    assert by_order[short.order_id]["order_total"]["amount"] == 1_000
+    assert not by_order[short.order_id]["agrees"]
+    assert [d["check"] for d in by_order[short.order_id]["disagreements"]] == [
+        "charges_match_order"
+    ]
