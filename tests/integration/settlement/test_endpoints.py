@@ -228,3 +228,24 @@ async def test_the_three_way_check_names_charges_that_miss_the_order_total(
     assert [d["check"] for d in by_order[short.order_id]["disagreements"]] == [
         "charges_match_order"
     ]
+
+
+async def test_a_payout_booked_twice_is_paid_whichever_line_comes_first(
+    settlement: Settlement,
+) -> None:
+    partner = new_id("ptr")
+    await earn(settlement, partner, 1_000)
+    as_of = datetime.now(UTC).isoformat()
+    run = await settlement.operator("POST", "/v1/payouts/run", body={"as_of": as_of})
+    (payout,) = [p for p in run.expect(201)["payouts"] if p["partner_id"] == partner]
+    reference = payout["reference"]
+    wrong = {"reference": reference, "amount": 971, "booked_at": as_of}
+    right = {"reference": reference, "amount": 970, "booked_at": as_of}
+    report = await settlement.operator(
+        "POST", "/v1/reconciliations", body={"lines": [wrong, right]}
+    )
+    body = report.expect(201)
+    assert [line["reference"] for line in body["matched"]] == [reference]
+    assert body["mismatched"] == []
+    assert [line["booked"]["amount"] for line in body["unexpected"]] == [971]
+    assert (await settlement.balance(partner))["paid"] == 970
