@@ -312,20 +312,29 @@ async def reconcile(conn: Connection, lines: Sequence[BankLine]) -> Reconciled:
     """Match a bank statement to payouts by reference; matched payouts become paid.
 
     A payout already paid by an earlier statement is reported matched again
-    and moves no money, so the same statement twice changes nothing.  A second
-    line with a reference already seen in this statement is unexpected: the
-    bank booked something twice.
+    and moves no money, so the same statement twice changes nothing.  Of the
+    lines naming one payout, the first with its amount is the one compared
+    (else the first): every other is unexpected, the bank booked something
+    twice.  So the lines' order never decides whether a payout was paid.
     """
     found = {row["reference"]: row for row in await store.payouts_by_reference(
         conn, sorted({line.reference for line in lines})
     )}  # fmt: skip
+    compared: dict[str, int] = {}
+    for index, line in enumerate(lines):
+        payout = found.get(line.reference)
+        if payout is None:
+            continue
+        first = compared.setdefault(line.reference, index)
+        if line.amount == payout["amount"] and lines[first].amount != payout["amount"]:
+            compared[line.reference] = index
     matched: list[LineOutcome] = []
     unexpected: list[LineOutcome] = []
     mismatched: list[LineOutcome] = []
     seen: set[str] = set()
-    for line in lines:
+    for index, line in enumerate(lines):
         payout = found.get(line.reference)
-        if payout is None or line.reference in seen:
+        if payout is None or compared[line.reference] != index:
             unexpected.append(LineOutcome(line.reference, None, line.amount))
             continue
         seen.add(line.reference)

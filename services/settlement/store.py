@@ -304,14 +304,18 @@ async def payable_by_order(
     """``(partner, currency, order, amount)`` payable at ``as_of``.
 
     What became available by ``as_of``, less every payout ever made (a payout
-    run with an earlier ``as_of`` after a later one must not pay again).
+    run with an earlier ``as_of`` after a later one must not pay again), and
+    never more than is available now: money refunded since ``as_of`` went
+    back to the customer and is not the partner's to be paid.
     """
     rows = await conn.fetch(
         """
-        SELECT p.partner_id, p.currency, p.order_id, -sum(p.amount)::bigint AS payable
+        SELECT p.partner_id, p.currency, p.order_id,
+               least(-coalesce(sum(p.amount) FILTER (
+                         WHERE e.kind = 'payout' OR e.booked_at <= $1), 0),
+                     -sum(p.amount))::bigint AS payable
           FROM postings p JOIN journal_entries e ON e.entry_id = p.entry_id
          WHERE p.account = 'partner_available'
-           AND (e.kind = 'payout' OR e.booked_at <= $1)
          GROUP BY p.partner_id, p.currency, p.order_id
         """,
         as_of,
@@ -420,15 +424,17 @@ async def three_way(
     return await conn.fetch(
         """
         WITH picked AS (
-            SELECT order_id, currency, placed_at, status FROM settled_orders
+            SELECT order_id, currency, placed_at, status, placed_total FROM settled_orders
              WHERE ($1::timestamptz IS NULL OR placed_at >= $1)
                AND ($2::timestamptz IS NULL OR placed_at < $2)
                AND ($3::text IS NULL OR order_id > $3)
              ORDER BY order_id LIMIT $4
         ),
         charged AS (
-            SELECT c.order_id, sum(c.gross)::bigint AS charged FROM charges c
-              JOIN picked USING (order_id) GROUP BY c.order_id
+            SELECT c.order_id, sum(c.gross)::bigint AS charged,
+                   -- What confirming the order charged: usage is charged later, apart.
+                   sum(c.gross) FILTER (WHERE c.kind = 'order')::bigint AS confirmed
+              FROM charges c JOIN picked USING (order_id) GROUP BY c.order_id
         ),
         refunded AS (
             SELECT r.order_id, sum(r.amount)::bigint AS refunded FROM refunds r
@@ -446,7 +452,8 @@ async def three_way(
                         OR p.account = 'cash')::bigint AS paid_out
               FROM postings p JOIN picked USING (order_id) GROUP BY p.order_id
         )
-        SELECT picked.order_id, picked.currency, picked.status,
+        SELECT picked.order_id, picked.currency, picked.status, picked.placed_total,
+               charged.confirmed,
                coalesce(charged.charged, 0) - coalesce(refunded.refunded, 0) AS charged,
                coalesce(ledger.receivable, 0) AS receivable,
                coalesce(ledger.fees, 0) AS fees,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import msgspec
 import pytest
 
-from services.settlement import store
+from services.settlement import handlers, store
 from services.settlement.consumers import OrderEventBooker
 from shared import db
 from shared.consumer import Delivery
@@ -192,3 +193,32 @@ async def test_events_out_of_order_in_one_chunk_apply_in_sequence(ledger_pool: d
     events = [order.placed(10_000), order.confirmed([charge]), order.fulfilled()]
     await book(ledger_pool, list(reversed(events)))
     assert await owed(ledger_pool, isv) == {"pending": 0, "available": 6_790}
+
+
+def at(event: OrderEvent, when: datetime) -> OrderEvent:
+    envelope, payload = event
+    return msgspec.structs.replace(envelope, occurred_at=when), payload
+
+
+async def test_a_run_as_of_before_a_refund_does_not_pay_the_refunded_money(
+    ledger_pool: db.Pool,
+) -> None:
+    """Available at ``as_of``, refunded since: paying it pays money the customer got back."""
+    owner = new_id("ptr")
+    script = OrderScript(customer_id=new_id("cus"), owner_id=owner)
+    charge = script.charge(Part(owner, "isv", 10_000), 1_000, 0)
+    fulfilled_at = NOW - timedelta(days=2)
+    await book(
+        ledger_pool,
+        [
+            at(script.placed(1_000), fulfilled_at),
+            at(script.confirmed([charge]), fulfilled_at),
+            at(script.fulfilled(), fulfilled_at),
+            at(script.refunded([(charge, 400)]), NOW),
+        ],
+    )
+    async with db.unit_of_work(ledger_pool) as conn:
+        made = await handlers.run_payouts(conn, NOW - timedelta(days=1), NOW)
+    # 970 was available at as_of; 388 of it was refunded since: 582 is all that is still owed.
+    assert [(p.partner_id, p.amount) for p in made] == [(owner, 582)]
+    assert await owed(ledger_pool, owner) == {"pending": 0, "available": 0}
