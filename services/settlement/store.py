@@ -45,7 +45,7 @@ _REFUND_COLUMNS = (
 
 async def order_books(conn: Connection, order_ids: Sequence[str]) -> dict[str, OrderBook]:
     rows = await conn.fetch(
-        "SELECT order_id, customer_id, currency, status, last_sequence, placed_at, placed_total,"
+        "SELECT order_id, customer_id, currency, status, placed_at, placed_total,"
         " fulfilled FROM settled_orders WHERE order_id = ANY($1::text[])",
         list(order_ids),
     )
@@ -102,8 +102,8 @@ def _charge_record(row: asyncpg.Record) -> ChargeRecord:
 
 async def save_order_books(conn: Connection, books: Iterable[OrderBook]) -> None:
     rows = [
-        (b.order_id, b.customer_id, b.currency, b.status, b.last_sequence, b.placed_at,
-         b.placed_total, b.fulfilled)
+        (b.order_id, b.customer_id, b.currency, b.status, b.placed_at, b.placed_total,
+         b.fulfilled)
         for b in books
     ]  # fmt: skip
     if not rows:
@@ -111,13 +111,12 @@ async def save_order_books(conn: Connection, books: Iterable[OrderBook]) -> None
     columns = list(zip(*rows, strict=True))
     await conn.execute(
         """
-        INSERT INTO settled_orders (order_id, customer_id, currency, status, last_sequence,
-                                    placed_at, placed_total, fulfilled)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[],
-                             $6::timestamptz[], $7::bigint[], $8::boolean[])
+        INSERT INTO settled_orders (order_id, customer_id, currency, status, placed_at,
+                                    placed_total, fulfilled)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                             $5::timestamptz[], $6::bigint[], $7::boolean[])
         ON CONFLICT (order_id) DO UPDATE SET
             status = EXCLUDED.status,
-            last_sequence = EXCLUDED.last_sequence,
             fulfilled = EXCLUDED.fulfilled
         """,
         *[list(column) for column in columns],
@@ -179,37 +178,6 @@ async def insert_entries(conn: Connection, entries: Sequence[JournalEntry]) -> N
         ],
         columns=_POSTING_COLUMNS,
     )
-
-
-async def park(conn: Connection, parked: Sequence[tuple[str, int, bytes]]) -> None:
-    if not parked:
-        return
-    order_ids, sequences, envelopes = (list(column) for column in zip(*parked, strict=True))
-    await conn.execute(
-        "INSERT INTO parked_order_events (order_id, sequence, envelope)"
-        " SELECT * FROM unnest($1::text[], $2::integer[], $3::bytea[]) ON CONFLICT DO NOTHING",
-        order_ids,
-        sequences,
-        envelopes,
-    )
-
-
-async def take_parked(conn: Connection, next_sequences: dict[str, int]) -> list[bytes]:
-    """Remove and return the parked events that now come next for their order."""
-    if not next_sequences:
-        return []
-    rows = await conn.fetch(
-        "DELETE FROM parked_order_events p USING unnest($1::text[], $2::integer[]) AS n(o, s)"
-        " WHERE p.order_id = n.o AND p.sequence = n.s RETURNING p.envelope",
-        list(next_sequences),
-        list(next_sequences.values()),
-    )
-    return [row["envelope"] for row in rows]
-
-
-async def parked_count(conn: Connection) -> int:
-    count: int = await conn.fetchval("SELECT count(*) FROM parked_order_events")
-    return count
 
 
 # Reading balances, statements and the trial balance

@@ -153,48 +153,6 @@ async def test_a_chunk_books_each_partners_share_to_the_minor_unit(ledger_pool: 
     assert await owed(ledger_pool, owner) == {"pending": 0, "available": 107_337 + 3_589 - 58_199}
 
 
-async def test_the_same_events_twice_change_nothing(ledger_pool: db.Pool) -> None:
-    owner, isv, _, isv_part, _, _ = three_partners()
-    order = OrderScript(customer_id=new_id("cus"), owner_id=owner)
-    charge = order.charge(isv_part, 10_000, 0)
-    events = [order.placed(10_000), order.confirmed([charge]), order.fulfilled()]
-    await book(ledger_pool, events)
-    first = await owed(ledger_pool, isv)
-    await book(ledger_pool, events)
-    await book(ledger_pool, events[1:2])
-    assert await owed(ledger_pool, isv) == first == {"pending": 0, "available": 6_790}
-
-
-async def test_an_event_after_a_gap_waits_until_the_gap_fills(ledger_pool: db.Pool) -> None:
-    owner, isv, _, isv_part, _, _ = three_partners()
-    order = OrderScript(customer_id=new_id("cus"), owner_id=owner)
-    charge = order.charge(isv_part, 10_000, 0)
-    placed, confirmed, fulfilled = (
-        order.placed(10_000),
-        order.confirmed([charge]),
-        order.fulfilled(),
-    )
-    await book(ledger_pool, [fulfilled])
-    await book(ledger_pool, [placed])
-    assert await owed(ledger_pool, isv) == {"pending": 0, "available": 0}
-    async with ledger_pool.acquire() as conn:
-        assert await store.parked_count(conn) == 1
-    # The missing event arrives: it applies, then the parked one after it.
-    await book(ledger_pool, [confirmed])
-    assert await owed(ledger_pool, isv) == {"pending": 0, "available": 6_790}
-    async with ledger_pool.acquire() as conn:
-        assert await store.parked_count(conn) == 0
-
-
-async def test_events_out_of_order_in_one_chunk_apply_in_sequence(ledger_pool: db.Pool) -> None:
-    owner, isv, _, isv_part, _, _ = three_partners()
-    order = OrderScript(customer_id=new_id("cus"), owner_id=owner)
-    charge = order.charge(isv_part, 10_000, 0)
-    events = [order.placed(10_000), order.confirmed([charge]), order.fulfilled()]
-    await book(ledger_pool, list(reversed(events)))
-    assert await owed(ledger_pool, isv) == {"pending": 0, "available": 6_790}
-
-
 def at(event: OrderEvent, when: datetime) -> OrderEvent:
     envelope, payload = event
     return msgspec.structs.replace(envelope, occurred_at=when), payload
