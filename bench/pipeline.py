@@ -54,6 +54,7 @@ from bench.orders_place import (
 from bench.pipeline_load import (
     Charged,
     Customers,
+    DatabaseWatch,
     PartnerDesk,
     charged,
     open_catalog,
@@ -68,7 +69,7 @@ from shared.tokens import generate_keypair
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SERVICES = ("catalog", "orders", "settlement")
-POOL_SIZE = 10
+POOL_SIZE = report.POOL_SIZE
 # A step whose orders are not all charged this long after its last placement is
 # past what the pipeline sustains: later steps would only measure the backlog.
 DRAIN_SECONDS = 25.0
@@ -83,6 +84,7 @@ class Stack:
     dsns: dict[str, str]
     pids: dict[str, int]
     bare_url: str
+    admin_dsn: str
 
 
 @contextmanager
@@ -154,6 +156,7 @@ def running_stack(state: Path, kafka: str, admin_dsn: str) -> Iterator[Stack]:
             dsns=dsns,
             pids={s: p.pid for s, p in processes.items()},
             bare_url=f"http://127.0.0.1:{ports['bare']}/bare",
+            admin_dsn=admin_dsn,
         )
     finally:
         for service, process in processes.items():
@@ -169,6 +172,20 @@ def running_stack(state: Path, kafka: str, admin_dsn: str) -> Iterator[Stack]:
                 process.wait()
         for name in names.values():
             asyncio.run(_drop_database(admin_dsn, name))
+        asyncio.run(limits.delete_topics(kafka, prefix))
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User plus system CPU seconds each process has used so far (Linux /proc), this one too."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for name, pid in {**pids, "load generator and partners": os.getpid()}.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used[name] = (int(fields[11]) + int(fields[12])) / ticks
+    return used
 
 
 def start_profiler(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
@@ -192,6 +209,7 @@ async def run_steps(args: argparse.Namespace, stack: Stack, state: Path) -> repo
     partner_connector = aiohttp.TCPConnector(limit=300)
     timeout = aiohttp.ClientTimeout(total=60)
     ledger = await asyncpg.create_pool(stack.dsns["settlement"], min_size=1, max_size=2)
+    admin = await asyncpg.create_pool(stack.admin_dsn, min_size=1, max_size=1)
     run = report.Run(cores=os.cpu_count() or 0, seconds=args.seconds)
     async with (
         aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
@@ -204,6 +222,8 @@ async def run_steps(args: argparse.Namespace, stack: Stack, state: Path) -> repo
             partner_session, stack.urls["orders"], {a.id: a.token for a in cast.partners.values()}
         )
         reading = asyncio.create_task(desk.read(feeds))
+        watch = DatabaseWatch(admin, {s: stack.dsns[s].rsplit("/", 1)[1] for s in SERVICES})
+        watching = asyncio.create_task(watch.watch())
         customers = Customers(session, stack.urls["orders"], cast)
         try:
             first = await customers.first_order()
@@ -216,9 +236,14 @@ async def run_steps(args: argparse.Namespace, stack: Stack, state: Path) -> repo
                     profiler = start_profiler(
                         stack.pids[args.profile], args.profile_seconds, state / "profile.txt"
                     )
+                watch.take()
+                before, started = cpu_seconds(stack.pids), time.monotonic()
                 placed = await customers.step(rate, args.seconds)
                 ids = [p.order_id for p in placed if p.order_id]
                 books = await _until_charged(ledger, ids, DRAIN_SECONDS)
+                elapsed, after = time.monotonic() - started, cpu_seconds(stack.pids)
+                run.cpu[rate] = {n: (after[n] - before[n]) / elapsed for n in after}
+                run.database[rate] = watch.take()
                 step = report.StepResult.of(rate, args.seconds, placed, books)
                 run.steps.append(step)
                 print(step.line(), flush=True)
@@ -233,15 +258,19 @@ async def run_steps(args: argparse.Namespace, stack: Stack, state: Path) -> repo
                 if profiler.returncode:
                     print(f"  py-spy failed: {err.decode(errors='replace')[-500:]}", flush=True)
                 else:
-                    run.profile = report.hot_spots((state / "profile.txt").read_text())
+                    raw = (state / "profile.txt").read_text()
+                    run.profile = report.hot_spots(raw)
+                    (args.out / "pipeline-profile.txt").write_text(raw)  # ignored by git
         finally:
             reading.cancel()
-            await asyncio.gather(reading, return_exceptions=True)
+            watching.cancel()
+            await asyncio.gather(reading, watching, return_exceptions=True)
             for feed in feeds:
                 await feed.stop()
         run.accepted = dict(desk.accepted)
         await _measure_limits(run, stack, session, [s.rate for s in run.steps], args.seconds)
     await ledger.close()
+    await admin.close()
     return run
 
 
@@ -296,6 +325,7 @@ def main() -> None:
     parser.add_argument("--profile-seconds", type=int, default=20)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as folder:
         state = Path(folder)
         try:
@@ -306,7 +336,6 @@ def main() -> None:
                 run = asyncio.run(run_steps(args, stack, state))
         finally:
             infra.remove_state(state)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pipeline.md").write_text(report.markdown(run))
     report.plot(run, args.out / "pipeline.png")
     print(f"\nwrote {args.out / 'pipeline.md'} and {args.out / 'pipeline.png'}")

@@ -74,7 +74,7 @@ async def kafka_limit(bootstrap: str, records: list[Record]) -> KafkaLimit:
     try:
         await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
         produce = await _produce(bootstrap, topic, records)
-        # The warm-up record is there too: total + 1, which the last fetch may hold.
+        # The warm-up records are there too; the last fetch may hold them.
         seconds = await raw_getmany(bootstrap, topic, len(records), chunk=5000)
         return KafkaLimit(len(records), produce, len(records) / seconds)
     finally:
@@ -86,7 +86,10 @@ async def _produce(bootstrap: str, topic: str, records: list[Record]) -> float:
     producer = kafka.new_producer(bootstrap, client_id="bench-pipeline-raw")
     await producer.start()
     try:
-        await producer.send_and_wait(topic, b"warm-up", key=b"warm-up")
+        # One record to every partition first: a fresh topic's leaders are elected, and
+        # learnt, before the clock starts.
+        for partition in range(PARTITIONS):
+            await producer.send_and_wait(topic, b"warm-up", partition=partition)
         started = time.perf_counter()
         deliveries = [
             await producer.send(topic, value=value, key=key, headers=headers)
@@ -113,3 +116,15 @@ async def at_offered_loads(
             flush=True,
         )
     return steps
+
+
+async def delete_topics(bootstrap: str, prefix: str) -> None:
+    """The run's topics, so a shared broker does not collect them run after run."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        ours = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if ours:
+            await admin.delete_topics(ours)
+    finally:
+        await admin.close()

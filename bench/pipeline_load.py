@@ -203,12 +203,25 @@ class PartnerDesk:
             self.failures[f"{what} {type(exc).__name__}"] += 1
 
 
-async def partner_feeds(bootstrap: str, prefix: str) -> list[AIOKafkaConsumer]:
-    """Consumers at the end of both topics a partner reads, positioned before any order."""
-    return [
-        await open_fulfilment_feed(bootstrap, prefix + topic.name)
-        for topic in (fulfillments.TOPIC, orders.TOPIC)
-    ]
+async def partner_feeds(
+    bootstrap: str, prefix: str, within: float = 60.0
+) -> list[AIOKafkaConsumer]:
+    """Consumers at the end of both topics a partner reads, positioned before any order.
+
+    Orders creates its topics as it starts; a busy broker may not list them at once.
+    """
+    give_up = time.monotonic() + within
+    feeds: list[AIOKafkaConsumer] = []
+    for topic in (fulfillments.TOPIC, orders.TOPIC):
+        while True:
+            try:
+                feeds.append(await open_fulfilment_feed(bootstrap, prefix + topic.name))
+                break
+            except LookupError:
+                if time.monotonic() > give_up:
+                    raise
+                await asyncio.sleep(0.5)
+    return feeds
 
 
 @dataclass(frozen=True)
@@ -240,3 +253,40 @@ def _epoch(moment: datetime) -> float:
 
 def summary(counter: Counter[str]) -> dict[str, Any]:
     return dict(counter.most_common(5))
+
+
+class DatabaseWatch:
+    """Samples ``pg_stat_activity`` (read-only): what each service's connections are doing.
+
+    A service whose pool is all busy waiting on PostgreSQL is bound by the database,
+    not by its own CPU; the wait events say on what (WAL flush, a row lock, ...).
+    """
+
+    def __init__(self, admin: asyncpg.Pool, databases: dict[str, str]) -> None:
+        self.admin = admin
+        self.services = {database: service for service, database in databases.items()}
+        self.seen: Counter[tuple[str, str]] = Counter()
+        self.samples = 0
+
+    async def watch(self, every: float = 0.25) -> None:
+        while True:
+            rows = await self.admin.fetch(
+                "SELECT datname, state, coalesce(wait_event_type || ':' || wait_event, 'running')"
+                " AS doing FROM pg_stat_activity WHERE datname = ANY($1::text[])"
+                " AND backend_type = 'client backend' AND state <> 'idle'",
+                list(self.services),
+            )
+            self.samples += 1
+            for row in rows:
+                doing = "idle in transaction" if row["state"] != "active" else row["doing"]
+                self.seen[(self.services[row["datname"]], doing)] += 1
+            await asyncio.sleep(every)
+
+    def take(self) -> dict[str, dict[str, float]]:
+        """Mean number of connections per service and activity since the last take."""
+        busy: dict[str, dict[str, float]] = {}
+        for (service, doing), count in self.seen.items():
+            busy.setdefault(service, {})[doing] = count / max(1, self.samples)
+        self.seen.clear()
+        self.samples = 0
+        return busy

@@ -12,6 +12,7 @@ from bench.pipeline_limits import KafkaLimit
 from bench.pipeline_load import Charged, Placed
 
 P99_BUDGET_MS = 50.0
+POOL_SIZE = 10  # MARKETPLACE_DB_POOL_SIZE the bench gives each service
 TARGET_ORDERS = 500.0
 
 
@@ -103,10 +104,15 @@ class Run:
     accepted: dict[str, int] = field(default_factory=dict)
     profiled: str | None = None
     profile: list[tuple[str, float]] = field(default_factory=list)
+    # Per offered rate: CPU seconds per second (1.0 = one core) each process used.
+    cpu: dict[float, dict[str, float]] = field(default_factory=dict)
+    # Per offered rate, per service: mean connections in each activity (pg_stat_activity).
+    database: dict[float, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
-def hot_spots(raw: str, top: int = 25) -> list[tuple[str, float]]:
-    """py-spy's raw (collapsed) stacks: share of samples by innermost project or library frame."""
+def hot_spots(raw: str, top: int = 30) -> list[tuple[str, float]]:
+    """py-spy's raw (collapsed) stacks: share of on-CPU samples by the innermost frame of
+    the project (services/, shared/) and, after the arrow, the innermost frame of all."""
     own: Counter[str] = Counter()
     total = 0
     for line in raw.splitlines():
@@ -115,7 +121,9 @@ def hot_spots(raw: str, top: int = 25) -> list[tuple[str, float]]:
             continue
         total += int(count)
         frames = stack.split(";")
-        own[_name(frames[-1])] += int(count)
+        ours = [f for f in frames if "services/" in f or "shared/" in f]
+        project = _name(ours[-1]) if ours else "(no project frame)"
+        own[f"{project} → {_name(frames[-1])}"] += int(count)
     return [(name, n / total) for name, n in own.most_common(top)] if total else []
 
 
@@ -201,13 +209,45 @@ def markdown(run: Run) -> str:
     else:
         out.append("- No step sustained its offered rate with p99 placement ≤ 50 ms.")
     out.append(f"- Partners' calls that succeeded: {run.accepted}.")
+    if run.cpu:
+        names = list(next(iter(run.cpu.values())))
+        out += [
+            "",
+            "## CPU each process used per step (placing and draining; 1.00 = one core)",
+            "",
+            "| offered/s | " + " | ".join(names) + " |",
+            "|---:|" + "---:|" * len(names),
+        ]
+        out += [
+            f"| {rate:.0f} | " + " | ".join(f"{used.get(n, 0):.2f}" for n in names) + " |"
+            for rate, used in run.cpu.items()
+        ]
+    if run.database:
+        out += [
+            "",
+            "## What each service's database connections were doing (mean count, sampled 4/s)",
+            "",
+            f"Each service has a pool of {POOL_SIZE}; 'running' is PostgreSQL executing, "
+            "'idle in transaction' the service holding a transaction open between statements.",
+            "",
+            "| offered/s | service | busy connections | top activities |",
+            "|---:|---|---:|---|",
+        ]
+        for rate, services in run.database.items():
+            for service, doing in sorted(services.items()):
+                top = sorted(doing.items(), key=lambda item: -item[1])[:4]
+                out.append(
+                    f"| {rate:.0f} | {service} | {sum(doing.values()):.1f} | "
+                    + ", ".join(f"{what} {mean:.1f}" for what, mean in top)
+                    + " |"
+                )
     if run.profile:
         out += [
             "",
             f"## Where {run.profiled}'s time goes",
             "",
-            "py-spy (50 Hz, idle frames included) on the service during the heaviest steps; "
-            "share of samples by innermost frame:",
+            "py-spy (50 Hz, on-CPU samples) on the service from the first profiled step on; "
+            "share of samples by the innermost project frame → the innermost frame:",
             "",
             "| share | frame |",
             "|---:|---|",
