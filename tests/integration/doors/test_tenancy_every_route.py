@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from shared.ids import new_id
 from tests.integration.catalog.conftest import Account, Catalog, Reply
 from tests.integration.doors.conftest import Marketplace
 from tests.support.waiting import wait_for
@@ -320,6 +321,39 @@ async def _send(client: Catalog, method: str, request: Request, token: str | Non
     return await client.call(method, path, token=token, body=body)
 
 
+def _ghosts(a: TenantA) -> dict[str, str]:
+    """Each of A's ids, and an id of the same shape that names nothing."""
+    ids = [a.isv.id, a.msp.id, a.customer.id, a.agreement_id, a.draft_id]
+    ids += [a.published_id, a.order_id, a.fulfillment_id]
+    return {i: new_id(i.split("_", 1)[0]) for i in ids}
+
+
+def _replaced(text: str, mapping: dict[str, str]) -> str:
+    for old, new in mapping.items():
+        text = text.replace(old, new)
+    return text
+
+
+def _haunted(request: Request, ghosts: dict[str, str]) -> Request:
+    """The same request aimed at ids that exist nowhere.
+
+    A partner named in a body stays: partners are public (their profiles), and
+    an unknown one is refused for that, before the private id is looked at.
+    """
+    path, body = request
+    if body is not _NO_BODY:
+        private = {real: g for real, g in ghosts.items() if not real.startswith("ptn_")}
+        body = json.loads(_replaced(json.dumps(body), private))
+    return _replaced(path, ghosts), body
+
+
+def _problem(reply: Reply, mapping: dict[str, str]) -> tuple[int, str]:
+    """What a refusal says, the ids it echoes put back as ``mapping`` says."""
+    body = reply.body if isinstance(reply.body, dict) else {}
+    said = {k: body.get(k) for k in ("type", "title", "detail", "errors")}
+    return reply.status, _replaced(json.dumps(said, sort_keys=True), mapping)
+
+
 async def _what_a_has(market: Marketplace, a: TenantA) -> dict[str, Any]:
     """A's resources as the operator reads them; A's own tokens still work."""
     catalog, orders = market.catalog, market.orders
@@ -354,6 +388,7 @@ async def test_another_tenant_is_refused_at_every_route(marketplace: Marketplace
     b_partner = await market.catalog.onboard_partner("integrator")
     b_customer = await market.catalog.sign_up_customer()
     secrets = a.private()
+    ghosts = _ghosts(a)
     before = await _what_a_has(market, a)
     failures: list[str] = []
     for (service, method, template), case in sorted(ROUTES.items()):
@@ -383,5 +418,14 @@ async def test_another_tenant_is_refused_at_every_route(marketplace: Marketplace
                 failures.append(f"{where} as {caller} read A's {leaked}")
             if reply.status in (200, 201) and not case.scoped:
                 failures.append(f"{where} as {caller} succeeded on A's resource")
+            if reply.status in (404, 422):
+                # Refused exactly as if A's resource did not exist: the id tells B nothing.
+                ghost = await _send(client, method, _haunted(request, ghosts), token)
+                unghosted = {g: real for real, g in ghosts.items()}
+                if _problem(ghost, unghosted) != _problem(reply, {}):
+                    failures.append(
+                        f"{where} as {caller}: A's id answers {_problem(reply, {})},"
+                        f" an unknown one {_problem(ghost, unghosted)}"
+                    )
     assert not failures, "\n".join(failures)
     assert await _what_a_has(market, a) == before, "B changed something of A's"
