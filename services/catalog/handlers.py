@@ -342,10 +342,11 @@ async def visible_offering(
 
 async def _owned_offering(conn: Connection, actor: Principal, offering_id: str) -> Offering:
     offering = await store.offering(conn, offering_id, for_update=True)
-    if offering is None or not can_see_offering(actor, offering):
+    # Another partner's offering answers 404 like any other tenant's resource
+    # (the contract), even a published one it can read: refusals never differ by
+    # whether the caller could have seen the thing.
+    if offering is None or actor.subject != offering.owner_id:
         raise NotFound(f"offering {offering_id}")
-    if actor.subject != offering.owner_id:
-        raise NotAllowed("only the offering's owner can change it")
     return offering
 
 

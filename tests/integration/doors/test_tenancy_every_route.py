@@ -170,9 +170,7 @@ ROUTES: dict[tuple[str, str, str], Case] = {
         at("/v1/offerings/{a.draft_id}/publish"), partner=REFUSED
     ),
     ("catalog", "POST", "/v1/offerings/{offering_id}/retire"): Case(
-        at("/v1/offerings/{a.published_id}/retire"),
-        partner=frozenset({403, 404}),
-        reason="a published offering is public: B may know it exists, never change it",
+        at("/v1/offerings/{a.published_id}/retire"), partner=REFUSED
     ),
     ("catalog", "GET", "/v1/offerings/{offering_id}"): Case(
         at("/v1/offerings/{a.draft_id}"), partner=REFUSED, customer=REFUSED
