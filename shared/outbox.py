@@ -241,7 +241,7 @@ class OutboxRelay:
         return len(rows)
 
     async def _lead(self) -> bool:
-        if self._leader is not None and not self._leader.is_closed():
+        if self._leader is not None and self._leads_still(self._leader):
             return True
         await self._resign()
         conn = await self._pool.acquire()
@@ -256,6 +256,15 @@ class OutboxRelay:
         self._leader = conn
         log.info("outbox relay leads")
         return True
+
+    @staticmethod
+    def _leads_still(conn: PoolConnectionProxy[asyncpg.Record]) -> bool:
+        try:
+            return not conn.is_closed()
+        except asyncpg.InterfaceError:
+            # After a server restart the pool reclaims the dead connection and the
+            # proxy refuses every call: the lock went with it, so lead again.
+            return False
 
     async def _resign(self) -> None:
         conn, self._leader = self._leader, None

@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared import logs
-from shared.db import Pool
+from shared.db import TRANSIENT_DB_ERRORS, Pool
 from shared.errors import Conflict, DomainError, NotAllowed, NotFound, RuleViolated
 from shared.http.api import (
     DB_POOL,
@@ -135,10 +135,14 @@ async def _as_problem(
         if problem.problem.status in _BODY_REFUSED:
             close_without_reading_body(request, response)
         return response
-    except ConnectionError:
-        # The client went away mid-request (typically mid-body): its choice, not our error.
-        log.info("client disconnected", extra={"path": request.path, "method": request.method})
-        return problem_response(bad_request("the client disconnected"))
+    except ConnectionError as exc:
+        if _client_gone(request):
+            # The client went away mid-request (typically mid-body): its choice, not our error.
+            log.info("client disconnected", extra={"path": request.path, "method": request.method})
+            return problem_response(bad_request("the client disconnected"))
+        return _unavailable(request, exc)
+    except TRANSIENT_DB_ERRORS as exc:
+        return _unavailable(request, exc)
     except DomainError as refusal:
         return problem_response(problem_of(refusal))
     except web.HTTPException as exc:
@@ -155,6 +159,28 @@ async def _as_problem(
         return problem_response(
             HTTPProblem(500, "Internal error", "the service failed; it has been logged")
         )
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _unavailable(request: web.Request, error: BaseException) -> web.Response:
+    """The database (or another dependency) is unreachable: the service's trouble, not the
+    client's, and likely brief, so a retry is invited rather than a bug reported."""
+    log.warning(
+        "dependency unavailable",
+        extra={"path": request.path, "method": request.method, "error": type(error).__name__},
+    )
+    return problem_response(
+        HTTPProblem(
+            503,
+            "Service unavailable",
+            "a dependency of the service is unavailable; retry shortly",
+            headers={"Retry-After": "1"},
+        )
+    )
 
 
 def problem_of(refusal: DomainError) -> HTTPProblem:
