@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from tests.e2e.marketplace import Deal, Marketplace, Party, Unanswered
@@ -28,6 +28,8 @@ JOINT_PARTNERS = ("isv", "integrator", "msp")
 LISTING_PARTNERS = ("integrator",)
 USAGE_REPORTER = "msp"  # the joint offering's metered component is the provider's
 ACTOR_POLL_SECONDS = 0.2
+# After an outage of orders, how long partners may take to catch up on their requests.
+OUTAGE_GRACE = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,17 @@ class Workload:
         self._stopping = asyncio.Event()
         self._actors: list[asyncio.Task[None]] = []
         self._offerings = {"joint": deal.joint_offering_id, "listing": deal.listing_id}
+        # When orders could not answer (killed, paused): a deadline may pass unanswered then.
+        self.outages: list[tuple[datetime, datetime]] = []
+
+    @contextlib.asynccontextmanager
+    async def outage(self) -> AsyncIterator[None]:
+        """Record the block as a time orders could not answer partners."""
+        started = datetime.now(UTC)
+        try:
+            yield
+        finally:
+            self.outages.append((started, datetime.now(UTC)))
 
     # ---------------------------------------------------------------- customers
 
@@ -161,6 +174,13 @@ class Workload:
 
     async def placements_done(self) -> None:
         await asyncio.gather(*self._placements)
+
+    async def abort(self) -> None:
+        """Stop every actor and placement still running (a failed test ends here)."""
+        self._stopping.set()
+        for task in [*self._placements, *self._actors]:
+            task.cancel()
+        await asyncio.gather(*self._placements, *self._actors, return_exceptions=True)
 
     # ---------------------------------------------------------------- partners
 
@@ -288,8 +308,23 @@ class Workload:
         return last
 
 
-def plan_mismatches(placed: Iterable[Placed], orders: dict[str, Any]) -> list[str]:
-    """Orders whose final state does not follow from what their parties did."""
+def _in_outage(
+    accept_by: str, outages: Sequence[tuple[datetime, datetime]], grace: timedelta
+) -> bool:
+    deadline = datetime.fromisoformat(accept_by)
+    return any(start <= deadline <= end + grace for start, end in outages)
+
+
+def plan_mismatches(
+    placed: Iterable[Placed],
+    orders: dict[str, Any],
+    outages: Sequence[tuple[datetime, datetime]] = (),
+) -> list[str]:
+    """Orders whose final state does not follow from what their parties did.
+
+    A deadline may cancel an order every partner meant to accept only if orders
+    refused a late answer (409) or could not be reached around the deadline.
+    """
     problems: list[str] = []
     for entry in placed:
         order = orders.get(entry.order_id)
@@ -309,7 +344,8 @@ def plan_mismatches(placed: Iterable[Placed], orders: dict[str, Any]) -> list[st
             allowed = {"customer"} if entry.cancel_accepted else set()
             if "reject" in plan.answers.values():
                 allowed.add("rejected")
-            if "ignore" in plan.answers.values() or entry.refused:
+            late = _in_outage(order["accept_by"], outages, OUTAGE_GRACE)
+            if "ignore" in plan.answers.values() or entry.refused or late:
                 allowed.add("deadline")
             if not allowed:
                 problems.append(f"{entry.order_id}: cancelled, but nobody made it so: {entry}")

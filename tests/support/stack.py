@@ -200,27 +200,42 @@ class Stack:
             raise AssertionError(f"{exc}\n{self.logs()}") from None
 
 
-async def group_assignment(bootstrap: str, group: str) -> dict[str, list[int]]:
-    """Member id -> the partitions the group's current generation assigned it (stable groups)."""
+@dataclass(frozen=True)
+class GroupState:
+    """A consumer group as the broker describes it: its state and who holds which partitions."""
+
+    state: str  # "Stable", "PreparingRebalance", "CompletingRebalance", "Empty", "Dead"
+    members: dict[str, list[int]]  # member id -> partitions (of all its topics) assigned
+
+    def stable_with(self, count: int) -> bool:
+        """Settled on ``count`` members, each holding at least one partition."""
+        if count == 0:
+            return self.state == "Empty"
+        members = self.members.values()
+        return self.state == "Stable" and len(self.members) == count and all(members)
+
+
+async def describe_group(bootstrap: str, group: str) -> GroupState:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
     await admin.start()
     try:
         responses = await admin.describe_consumer_groups([group])
     finally:
         await admin.close()
-    assigned: dict[str, list[int]] = {}
     for response in responses:
         for described in response.to_object()["groups"]:
-            if described["group"] != group or described["group_state"] != "Stable":
+            if described["group"] != group:
                 continue
+            members: dict[str, list[int]] = {}
             for member in described["members"]:
                 raw: Any = member["member_assignment"]
                 partitions: list[int] = []
                 if raw:
                     assignment = ConsumerProtocolMemberAssignment.decode(raw)
                     partitions = sorted(tp.partition for tp in assignment.partitions())
-                assigned[f"{member['client_host']}/{member['member_id']}"] = partitions
-    return assigned
+                members[member["member_id"]] = partitions
+            return GroupState(described["state"], members)
+    return GroupState("Dead", {})
 
 
 def _service_env(
