@@ -16,6 +16,7 @@ seed; by default each runs with seed 1. A failure names its seed, so
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -219,21 +220,27 @@ async def test_orders_killed_while_its_relay_has_events_in_flight(
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-async def test_settlement_paused_past_its_session_timeout(fault_stack: Stack, seed: int) -> None:
+@pytest.mark.parametrize("paused", ["settlement", "orders"])
+async def test_a_service_paused_past_its_session_timeout(
+    fault_stack: Stack, paused: str, seed: int
+) -> None:
     async def fault(stack: Stack, _: Marketplace, workload: Workload, rng: random.Random) -> None:
+        service = stack.services[paused]
+        group = stack.settlement_group if paused == "settlement" else stack.orders_catalog_group
         await some_orders_placed(workload, rng)
-        stack.settlement.pause()
-        try:
-            # Frozen past the session timeout: the broker drops it from the group.
-            await wait_for(
-                _member_count(stack, 0),
-                timeout=SESSION_TIMEOUT_SECONDS * 3,
-                interval=0.5,
-                message="the paused settlement stayed in its group",
-            )
-        finally:
-            stack.settlement.resume()
-        await stack.settlement.wait_ready()
+        async with workload.outage() if paused == "orders" else contextlib.nullcontext():
+            service.pause()
+            try:
+                # Frozen past the session timeout: the broker drops it from its group.
+                await wait_for(
+                    _group_settled_on(stack, group, 0),
+                    timeout=SESSION_TIMEOUT_SECONDS * 3,
+                    interval=0.5,
+                    message=f"the paused {paused} stayed in {group}",
+                )
+            finally:
+                service.resume()
+            await service.wait_ready()
 
     await run_under_load(fault_stack, seed, fault)
 
@@ -245,7 +252,7 @@ async def test_one_of_two_settlement_instances_killed_mid_stream(
     async def fault(stack: Stack, mp: Marketplace, workload: Workload, rng: random.Random) -> None:
         replica = await stack.add_replica("settlement")
         await wait_for(
-            _member_count(stack, 2),
+            _group_settled_on(stack, stack.settlement_group, 2),
             timeout=SESSION_TIMEOUT_SECONDS * 3,
             interval=0.5,
             message="the second settlement instance never took partitions",
@@ -255,7 +262,7 @@ async def test_one_of_two_settlement_instances_killed_mid_stream(
         mp.urls["settlement"] = replica.base_url
         # The survivor takes every partition once the broker gives up on the dead one.
         await wait_for(
-            _member_count(stack, 1),
+            _group_settled_on(stack, stack.settlement_group, 1),
             timeout=SESSION_TIMEOUT_SECONDS * 3,
             interval=0.5,
             message="the surviving settlement instance did not take over",
@@ -264,12 +271,12 @@ async def test_one_of_two_settlement_instances_killed_mid_stream(
     await run_under_load(fault_stack, seed, fault)
 
 
-def _member_count(stack: Stack, count: int) -> Callable[[], Awaitable[bool]]:
-    """Whether settlement's group settled on ``count`` members, each holding partitions."""
+def _group_settled_on(stack: Stack, group: str, count: int) -> Callable[[], Awaitable[bool]]:
+    """Whether ``group`` settled on ``count`` members, each holding partitions."""
 
     async def check() -> bool:
-        group = await describe_group(stack.infra.kafka_bootstrap, stack.settlement_group)
-        return group.stable_with(count)
+        state = await describe_group(stack.infra.kafka_bootstrap, group)
+        return state.stable_with(count)
 
     return check
 
