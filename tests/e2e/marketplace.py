@@ -103,9 +103,12 @@ class Marketplace:
                 last[:] = [str(exc)]
                 return None
 
-        return await wait_for(
-            attempt, timeout=timeout, interval=0.2, message=f"{method} {path} never answered"
-        )
+        try:
+            return await wait_for(
+                attempt, timeout=timeout, interval=0.2, message=f"{method} {path} never answered"
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last: {last}") from None
 
     async def pages(self, service: str, path: str, *, token: str, **params: str) -> list[Any]:
         """Every item of a paginated list."""

@@ -134,19 +134,29 @@ async def run_under_load(stack: Stack, seed: int, fault: Fault) -> None:
             raise AssertionError(f"[fault seed {seed}] {exc}\n{stack.logs()}") from None
 
 
+def _phase(started: float, what: str) -> None:
+    """A timeline on stdout, shown with a failure: which phase took how long."""
+    print(f"{asyncio.get_running_loop().time() - started:6.1f}s {what}")
+
+
 async def _scenario(stack: Stack, mp: Marketplace, seed: int, fault: Fault) -> None:
+    started = asyncio.get_running_loop().time()
     deal = await make_deal(mp)
     probe = await offerings_known_to_orders(mp, deal)
     workload = Workload(mp, deal, seed, rate=ORDERS_PER_SECOND)
     workload.start_partners()
     load = asyncio.create_task(workload.place_orders(LOAD_SECONDS))
+    _phase(started, "load started")
     try:
         await fault(stack, mp, workload, random.Random(seed))
+        _phase(started, "fault done")
         # A payout run while orders still flow: what it pays must never be paid again.
         await run_payouts(mp)
         await load
+        _phase(started, "load placed")
         orders = await workload.wait_until_done(timeout=SETTLE_SECONDS)
         await workload.stop_partners()
+        _phase(started, "every order at rest")
     finally:
         load.cancel()
         await workload.abort()
@@ -155,6 +165,7 @@ async def _scenario(stack: Stack, mp: Marketplace, seed: int, fault: Fault) -> N
     problems = plan_mismatches(workload.placed.values(), orders, workload.outages)
     assert not problems, problems
     await stack.wait_settled(timeout=SETTLE_SECONDS)
+    _phase(started, "settlement caught up")
     await run_payouts(mp)
     assert (await run_payouts(mp)) == [], "a second payout run paid again"
     expected, books, problems = await verify_books(mp, deal, orders, workload.usage)
