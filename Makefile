@@ -1,6 +1,6 @@
 # One target per thing a developer does. `make run` and `make test` are the two
 # set-up commands of the README: each installs what it needs first.
-.PHONY: deps run stop status test lint typecheck test-unit test-integration test-e2e test-faults bench
+.PHONY: deps run stop status test lint typecheck test-unit test-integration test-e2e test-faults test-security bench bench-plumbing
 
 deps:
 	@bash deploy/local/prerequisites.sh
@@ -36,9 +36,17 @@ FAULT_SEEDS ?= 1 2 3 4 5 6 7 8
 test-faults: deps
 	FAULT_SEEDS="$(FAULT_SEEDS)" uv run pytest -m faults tests/e2e
 
+test-security: deps
+	uv run pytest tests/security
+
 # The whole suite: static checks, then every test level in one pytest run.
 test: lint typecheck
 	uv run pytest
 
 bench: deps
 	uv run python -m bench.catalog_browse
+
+# Consumers (and, once there, the relay) beside raw Kafka and PostgreSQL; uses
+# TEST_KAFKA_BOOTSTRAP/TEST_PG_DSN when set, else starts its own servers.
+bench-plumbing: deps
+	uv run python -m bench.plumbing

@@ -37,6 +37,8 @@ from shared.runtime import BackgroundLoop
 from shared.service import Composition, Runtime
 from shared.token_generations import TokenGenerations, announce_rotation
 
+# Ensured by every service that reads it, so none depends on the catalog starting first.
+TOPICS = (catalog_accounts.TOPIC,)
 # For ``run_service(extra_migrations=[MIGRATIONS])``.
 MIGRATIONS = ("account_generations", Path(__file__).parent / "sql" / "account_generations")
 

@@ -1,52 +1,187 @@
-"""Idempotent Kafka consumer: each event's effect applied once, offsets committed after.
+"""Idempotent Kafka consumers: each event's effect applied once, offsets committed after.
 
-For every message the runner opens one database transaction that inserts
-``(consumer, event_id)`` into ``processed_events`` and applies the handler's
-effect; a redelivered event finds its row and changes nothing.  The Kafka
-offset is committed only after that transaction commits, so a crash at any
-point either redelivers (and the dedupe row makes it a no-op) or never
-happened.
+One runner, two ways to hand events to a handler:
 
-Failures: a message that cannot be decoded, or whose type this consumer does
-not know, goes straight to ``<topic>.dlq``.  A transient failure (database or
-network) is retried with capped backoff for as long as it takes, because
+* ``BatchConsumer`` gives the handler a chunk of one partition's new events
+  (``Sequence[Delivery]``, offset order) inside one transaction, for consumers
+  that must catch up on a backlog; the handler writes its effects set-wise.
+* ``IdempotentConsumer`` gives the handler one event per transaction
+  (``handler(conn, envelope, event)``), for low-rate consumers.
+
+In that transaction the runner first records ``(consumer, event_id)`` for the
+whole chunk in one statement (``processed_events``); only the ids that were
+not there before reach the handler, so a redelivered event changes nothing.
+The Kafka offset is committed only after the transaction commits (by one
+background committer, so the next chunk never waits for the broker): a crash
+at any point either redelivers (and the dedupe rows make that a no-op) or
+never happened.  We do not also store a per-partition position to seek to on
+assignment: offsets follow each chunk within a broker round trip, so a crash
+redelivers a chunk or two, and one set-wise dedupe statement per chunk is
+cheap; positions would also miss what they cannot see (a re-created topic, an
+event produced twice by a relay that crashed before marking it sent).  Per-aggregate positions,
+where a topic promises order, are ``shared.sequencing``'s job (``sequencing=``).
+
+Partitions proceed independently.  The poll loop never waits for a handler:
+each partition with work has its own task, and a partition whose buffer is
+full or that is backing off is paused (``consumer.pause``), so the consumer
+keeps polling, other partitions keep flowing and a slow or retrying handler
+never costs a rebalance.
+
+Failures.  A message that cannot be decoded, or whose type this consumer does
+not know, goes straight to ``<topic>.dlq``.  When a chunk fails, it is split in
+halves until the failing event stands alone, so only it is retried or
+dead-lettered and the rest apply.  What is retried how is ``classify``'s
+answer: the database saying "not now" (restarting, unreachable, a
+serialization conflict) is retried for as long as it takes, because
 dead-lettering every message while PostgreSQL restarts would be worse than
-waiting.  Any other error is retried a few times and then dead-lettered with
-the error in the headers; the consumer then goes on with the next message.
+waiting; ``PermanentError`` is dead-lettered at once; anything else, including
+an ``OSError`` or timeout from the handler's own work, is retried
+``RetryPolicy.max_attempts`` times and then dead-lettered with the error in
+the headers, and the partition goes on with the next event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
 
+import asyncpg
 import msgspec
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.errors import KafkaError
 
 from shared import logs
 from shared.contracts.envelope import Envelope, Event, EventRegistry, UnknownEvent, decode_envelope
-from shared.db import TRANSIENT_DB_ERRORS, Connection, Pool
+from shared.db import Connection, Pool
 from shared.metrics import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED
 from shared.retry import RetryPolicy
+from shared.runtime import sleep_or_stop
+from shared.sequencing import Delivery, Sequencing, admit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Handler", "IdempotentConsumer", "PermanentError", "RetryPolicy"]
+__all__ = [
+    "BatchConsumer",
+    "BatchHandler",
+    "Delivery",
+    "Failure",
+    "Handler",
+    "IdempotentConsumer",
+    "PermanentError",
+    "RetryPolicy",
+    "classify",
+    "halves",
+]
 
 Handler = Callable[[Connection, Envelope, Event], Awaitable[None]]
+BatchHandler = Callable[[Connection, Sequence[Delivery]], Awaitable[None]]
+T = TypeVar("T")
 
 
 class PermanentError(Exception):
     """The event can never be applied as it is: dead-letter it without retrying."""
 
 
+class Failure(enum.Enum):
+    TRANSIENT = "transient"  # the database cannot serve now: retry without limit
+    PERMANENT = "permanent"  # dead-letter at once
+    RETRYABLE = "retryable"  # maybe a fluke: retry a bounded number of times
+
+
+# What PostgreSQL (or the driver) answers when the server, not the event, is the
+# problem: shutting down, starting up, out of connections, the link lost, or a
+# conflict with a concurrent transaction that a retry resolves.
+_SERVER_NOT_NOW: tuple[type[BaseException], ...] = (
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
+)
+
+
+def classify(error: BaseException) -> Failure:
+    """How to retry after ``error``.
+
+    An ``OSError`` is the database's only when the driver raised it (the
+    server unreachable, or a connection lost mid-query), and a timeout only
+    when it struck while connecting: a query that times out may time out every
+    time, so it is bounded.  The same errors from the handler's own work (an
+    HTTP call, a file) are bounded like any other.
+    """
+    if isinstance(error, PermanentError):
+        return Failure.PERMANENT
+    if isinstance(error, _SERVER_NOT_NOW):
+        return Failure.TRANSIENT
+    # TimeoutError is an OSError: ask about it first.
+    if isinstance(error, TimeoutError):
+        connecting = _raised_in(error, "asyncpg.connect_utils")
+        return Failure.TRANSIENT if connecting else Failure.RETRYABLE
+    if isinstance(error, OSError) and _raised_in(error, "asyncpg"):
+        return Failure.TRANSIENT
+    return Failure.RETRYABLE
+
+
+def _raised_in(error: BaseException, package: str) -> bool:
+    """Whether ``error``, or what caused it, passed through ``package`` (a module or package).
+
+    Its cause counts: a timeout is raised where the deadline was set (a frame
+    above the work it cut short), ``from`` the cancellation of that work.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback = current.__traceback__
+        while traceback is not None:
+            module = traceback.tb_frame.f_globals.get("__name__", "")
+            if isinstance(module, str) and (module == package or module.startswith(package + ".")):
+                return True
+            traceback = traceback.tb_next
+        # Only an explicit cause: an error the handler raised while handling a
+        # database error is still the handler's own.
+        current = current.__cause__
+    return False
+
+
+def halves(items: Sequence[T]) -> tuple[Sequence[T], Sequence[T]]:
+    """Split a failing chunk so the bad event ends up alone (in about log2(n) steps)."""
+    middle = (len(items) + 1) // 2
+    return items[:middle], items[middle:]
+
+
+@dataclass(frozen=True)
+class _Item:
+    record: ConsumerRecord
+    delivery: Delivery
+
+
 class _Stopping(Exception):
     pass
 
 
-class IdempotentConsumer:
+@dataclass
+class _Partition:
+    pending: list[ConsumerRecord] = field(default_factory=list)
+    worker: asyncio.Task[None] | None = None
+    backing_off: bool = False
+    paused: bool = False
+
+
+class BatchConsumer:
     def __init__(
         self,
         *,
@@ -54,12 +189,13 @@ class IdempotentConsumer:
         bootstrap: str,
         topics: Sequence[str],
         registry: EventRegistry,
-        handler: Handler,
+        handler: BatchHandler,
         pool: Pool,
         producer: AIOKafkaProducer,
         group_id: str | None = None,
         retry: RetryPolicy | None = None,
-        max_batch: int = 200,
+        max_batch: int = 500,
+        sequencing: Sequencing | None = None,
     ) -> None:
         self.name = name
         self._topics = list(topics)
@@ -69,15 +205,28 @@ class IdempotentConsumer:
         self._producer = producer
         self._retry = retry or RetryPolicy()
         self._max_batch = max_batch
+        self._sequencing = sequencing
+        # Events per transaction; the per-event consumer sets 1.
+        self._per_transaction = max_batch
         self._stopping = asyncio.Event()
+        self._partitions: dict[TopicPartition, _Partition] = {}
+        self._crash: BaseException | None = None
+        # How many times this member was handed partitions; more than once means
+        # a rebalance happened (tests and logs read it).
+        self.assignments = 0
+        # Offsets of committed chunks, sent to Kafka by one committer in the
+        # background: a partition's next chunk never waits for the broker.
+        self._to_commit: dict[TopicPartition, int] = {}
+        self._commit_wanted = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
         self._consumer = AIOKafkaConsumer(
-            *self._topics,
             bootstrap_servers=bootstrap,
             group_id=group_id or name,
             client_id=name,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            # A batch is bounded, so handling it stays far inside the poll interval.
+            # The poll loop never waits for a handler, so this is never reached
+            # by slow work; it only bounds a wedged process.
             max_poll_interval_ms=300_000,
         )
 
@@ -85,115 +234,254 @@ class IdempotentConsumer:
         self._stopping.set()
 
     async def run(self) -> None:
+        self._consumer.subscribe(self._topics, listener=_Revocations(self))
         await self._consumer.start()
+        committer = asyncio.create_task(self._committer())
         try:
             while not self._stopping.is_set():
-                batches = await self._consumer.getmany(timeout_ms=500, max_records=self._max_batch)
+                batches = await self._consumer.getmany(
+                    timeout_ms=200, max_records=self._max_batch * 4
+                )
                 for partition, records in batches.items():
-                    if not await self._handle_partition(partition, records):
-                        break
+                    state = self._partitions.setdefault(partition, _Partition())
+                    state.pending.extend(records)
+                    if state.worker is None:
+                        state.worker = asyncio.create_task(self._drain(partition, state))
+                        state.worker.add_done_callback(self._worker_done)
+                    self._update_pause(partition, state)
+                if self._crash is not None:
+                    raise self._crash
         finally:
+            # Workers end at their next step: a transaction in flight commits and
+            # its offsets are committed before the consumer leaves the group.
+            self._stopping.set()
+            await self._finish(list(self._partitions))
+            committer.cancel()
+            await asyncio.gather(committer, return_exceptions=True)
+            await self._flush_commits()
             await self._consumer.stop()
 
-    async def _handle_partition(
-        self, partition: TopicPartition, records: list[ConsumerRecord]
-    ) -> bool:
-        """Handle records in order; commit what was handled. False if stopping midway."""
+    def _worker_done(self, worker: asyncio.Task[None]) -> None:
+        if not worker.cancelled() and worker.exception() is not None:
+            # A bug in the runner itself (handler failures never get here): the
+            # poll loop re-raises it so the service dies loudly.
+            self._crash = worker.exception()
+
+    async def _finish(self, partitions: list[TopicPartition]) -> None:
+        workers = []
+        for partition in partitions:
+            state = self._partitions.pop(partition, None)
+            if state is not None and state.worker is not None:
+                workers.append(state.worker)
+        await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _revoke(self, partitions: list[TopicPartition]) -> None:
+        # The new owner re-reads whatever was not committed; a transaction cut
+        # short rolls back, and dedupe covers one that committed unseen.
+        for partition in partitions:
+            state = self._partitions.get(partition)
+            if state is not None and state.worker is not None:
+                state.worker.cancel()
+        await self._finish(partitions)
+        await self._flush_commits()
+
+    def _update_pause(self, partition: TopicPartition, state: _Partition) -> None:
+        # Pausing drops what the fetcher holds for the partition, so pause only
+        # when its buffer is full or it is backing off.
+        want_paused = state.backing_off or len(state.pending) >= 2 * self._max_batch
+        if want_paused == state.paused or partition not in self._consumer.assignment():
+            return
+        if want_paused:
+            self._consumer.pause(partition)
+        else:
+            self._consumer.resume(partition)
+        state.paused = want_paused
+
+    async def _drain(self, partition: TopicPartition, state: _Partition) -> None:
+        try:
+            while state.pending and not self._stopping.is_set():
+                chunk = state.pending[: self._max_batch]
+                del state.pending[: self._max_batch]
+                self._update_pause(partition, state)
+                handled_up_to = await self._handle_chunk(partition, state, chunk)
+                if handled_up_to is not None:
+                    self._to_commit[partition] = handled_up_to + 1
+                    self._commit_wanted.set()
+                if handled_up_to != chunk[-1].offset:
+                    return  # stopping midway
+        finally:
+            state.worker = None
+
+    async def _handle_chunk(
+        self, partition: TopicPartition, state: _Partition, records: list[ConsumerRecord]
+    ) -> int | None:
+        """Apply or dead-letter ``records`` in order; the last offset handled."""
         handled_up_to: int | None = None
+        run: list[_Item] = []
         try:
             for record in records:
-                await self._handle(record)
+                decoded = self._decode(record)
+                if isinstance(decoded, Delivery):
+                    run.append(_Item(record, decoded))
+                    continue
+                for group in self._groups(run):
+                    await self._apply_isolating(partition, state, group)
+                    handled_up_to = group[-1].record.offset
+                run = []
+                await self._dead_letter(record, decoded)
                 handled_up_to = record.offset
+            for group in self._groups(run):
+                await self._apply_isolating(partition, state, group)
+                handled_up_to = group[-1].record.offset
         except _Stopping:
-            return False
-        finally:
-            if handled_up_to is not None:
-                await self._commit(partition, handled_up_to + 1)
-        return True
+            pass
+        return handled_up_to
 
-    async def _commit(self, partition: TopicPartition, offset: int) -> None:
-        try:
-            await self._consumer.commit({partition: offset})
-        except KafkaError as exc:
-            # Typically the partition moved to another member during a rebalance.
-            # Its new owner re-reads these events and the dedupe rows make that a no-op.
-            log.warning(
-                "offset commit failed",
-                extra={"consumer": self.name, "partition": str(partition), "error": repr(exc)},
-            )
+    def _groups(self, items: list[_Item]) -> list[list[_Item]]:
+        size = self._per_transaction
+        return [items[start : start + size] for start in range(0, len(items), size)]
 
-    async def _handle(self, record: ConsumerRecord) -> None:
+    def _decode(self, record: ConsumerRecord) -> Delivery | Exception:
         try:
             if record.value is None:
                 raise UnknownEvent("a tombstone (null value): no event to apply")
             envelope = decode_envelope(record.value)
-            event = self._registry.decode(envelope)
+            return Delivery(envelope, self._registry.decode(envelope))
         except (msgspec.DecodeError, UnknownEvent, ValueError, TypeError, KeyError) as exc:
             # Whatever fails while decoding (upcasters included) is this message's fault.
-            await self._dead_letter(record, exc)
-            return
-        token = logs.correlation_id.set(envelope.correlation_id or envelope.event_id)
+            return exc
+
+    def _decode_stored(self, message: bytes) -> Delivery:
+        envelope = decode_envelope(message)
+        return Delivery(envelope, self._registry.decode(envelope))
+
+    async def _apply_isolating(
+        self, partition: TopicPartition, state: _Partition, items: Sequence[_Item]
+    ) -> None:
+        """Apply ``items`` in one transaction, or split them until the bad one is alone."""
+        failures = outages = 0
+        while True:
+            error = await self._try_transaction(items)
+            if error is None:
+                return
+            kind = classify(error)
+            if kind is Failure.TRANSIENT:
+                log.warning(
+                    "database unavailable, will retry",
+                    extra={"consumer": self.name, "events": len(items), "error": repr(error)},
+                )
+                outages += 1
+                await self._back_off(partition, state, self._retry.backoff(min(outages, 10)))
+                continue
+            if len(items) > 1:
+                first, second = halves(items)
+                await self._apply_isolating(partition, state, first)
+                await self._apply_isolating(partition, state, second)
+                return
+            failures += 1
+            if kind is Failure.PERMANENT or failures >= self._retry.max_attempts:
+                if kind is not Failure.PERMANENT:
+                    log.error(
+                        "giving up on event",
+                        exc_info=error,
+                        extra={
+                            "consumer": self.name,
+                            "event_id": items[0].delivery.envelope.event_id,
+                        },
+                    )
+                await self._dead_letter(items[0].record, error)
+                return
+            await self._back_off(partition, state, self._retry.backoff(failures))
+
+    async def _try_transaction(self, items: Sequence[_Item]) -> Exception | None:
+        # The error is returned, not handled inside ``except``, so that the
+        # halves' own failures do not chain onto it.
         try:
-            await self._apply_with_retries(record, envelope, event)
+            await self._transaction(items)
+        except Exception as exc:
+            return exc
+        return None
+
+    async def _transaction(self, items: Sequence[_Item]) -> None:
+        first_seen: dict[str, _Item] = {}
+        for item in items:
+            first_seen.setdefault(item.delivery.envelope.event_id, item)
+        single = items[0].delivery.envelope if len(items) == 1 else None
+        token = logs.correlation_id.set(
+            (single.correlation_id or single.event_id) if single is not None else None
+        )
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(
+                    "INSERT INTO processed_events (consumer, event_id)"
+                    " SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING event_id",
+                    self.name,
+                    list(first_seen),
+                )
+                new_ids = {row[0] for row in rows}
+                fresh = [
+                    i.delivery
+                    for i in first_seen.values()
+                    if i.delivery.envelope.event_id in new_ids
+                ]
+                stale = parked = 0
+                if self._sequencing is not None and fresh:
+                    admission = await admit(
+                        conn,
+                        consumer=self.name,
+                        topic=items[0].record.topic,
+                        mode=self._sequencing,
+                        fresh=fresh,
+                        messages={
+                            i.delivery.envelope.event_id: i.record.value
+                            for i in first_seen.values()
+                        },
+                        decode=self._decode_stored,
+                    )
+                    fresh, stale, parked = admission.apply, admission.stale, admission.parked
+                if fresh:
+                    await self._handler(conn, fresh)
         finally:
             logs.correlation_id.reset(token)
+        _count("applied", self.name, len(fresh))
+        _count("duplicate", self.name, len(items) - len(new_ids))
+        _count("stale", self.name, stale)
+        _count("parked", self.name, parked)
 
-    async def _apply_with_retries(
-        self, record: ConsumerRecord, envelope: Envelope, event: Event
-    ) -> None:
-        attempt = 0
+    async def _back_off(self, partition: TopicPartition, state: _Partition, seconds: float) -> None:
+        state.backing_off = True
+        self._update_pause(partition, state)
+        try:
+            if await sleep_or_stop(self._stopping, seconds):
+                raise _Stopping
+        finally:
+            state.backing_off = False
+            self._update_pause(partition, state)
+
+    async def _committer(self) -> None:
         while True:
-            attempt += 1
+            await self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            await self._flush_commits()
+
+    async def _flush_commits(self) -> None:
+        async with self._commit_lock:
+            offsets, self._to_commit = self._to_commit, {}
+            if not offsets:
+                return
             try:
-                applied = await self._apply_once(envelope, event)
-            except TRANSIENT_DB_ERRORS as exc:
+                await self._consumer.commit(offsets)
+            except KafkaError as exc:
+                # Typically a partition moved to another member during a rebalance.
+                # Its new owner re-reads these events and the dedupe rows make that a no-op.
                 log.warning(
-                    "transient failure, will retry",
+                    "offset commit failed",
                     extra={
                         "consumer": self.name,
-                        "event_id": envelope.event_id,
+                        "partitions": sorted(map(str, offsets)),
                         "error": repr(exc),
                     },
                 )
-                await self._pause(self._retry.backoff(min(attempt, 10)))
-                continue
-            except PermanentError as exc:
-                await self._dead_letter(record, exc)
-                return
-            except Exception as exc:
-                if attempt >= self._retry.max_attempts:
-                    log.exception(
-                        "giving up on event",
-                        extra={"consumer": self.name, "event_id": envelope.event_id},
-                    )
-                    await self._dead_letter(record, exc)
-                    return
-                await self._pause(self._retry.backoff(attempt))
-                continue
-            EVENTS_CONSUMED.labels(self.name, "applied" if applied else "duplicate").inc()
-            return
-
-    async def _apply_once(self, envelope: Envelope, event: Event) -> bool:
-        async with self._pool.acquire() as conn, conn.transaction():
-            first_time = await conn.fetchval(
-                "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2)"
-                " ON CONFLICT DO NOTHING RETURNING true",
-                self.name,
-                envelope.event_id,
-            )
-            if not first_time:
-                return False
-            await self._handler(conn, envelope, event)
-            return True
-
-    async def _pause(self, seconds: float) -> None:
-        if self._stopping.is_set():
-            raise _Stopping
-        try:
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        except TimeoutError:
-            return
-        raise _Stopping
 
     async def _dead_letter(self, record: ConsumerRecord, error: BaseException) -> None:
         headers = [
@@ -217,9 +505,10 @@ class IdempotentConsumer:
                 break
             except KafkaError as exc:
                 log.warning("dead-letter send failed, retrying", extra={"error": repr(exc)})
-                await self._pause(self._retry.backoff(min(attempt, 10)))
+                if await sleep_or_stop(self._stopping, self._retry.backoff(min(attempt, 10))):
+                    raise _Stopping from exc
         EVENTS_DEAD_LETTERED.labels(self.name, record.topic).inc()
-        EVENTS_CONSUMED.labels(self.name, "dead_lettered").inc()
+        _count("dead_lettered", self.name, 1)
         log.error(
             "message dead-lettered",
             extra={
@@ -230,3 +519,61 @@ class IdempotentConsumer:
                 "error_class": type(error).__name__,
             },
         )
+
+
+def _count(outcome: str, consumer: str, events: int) -> None:
+    if events:
+        EVENTS_CONSUMED.labels(consumer, outcome).inc(events)
+
+
+class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: BatchConsumer) -> None:
+        self._runner = runner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._runner._revoke(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._runner.assignments += 1
+        log.info(
+            "partitions assigned",
+            extra={"consumer": self._runner.name, "partitions": sorted(map(str, assigned))},
+        )
+
+
+class IdempotentConsumer(BatchConsumer):
+    """The same runner, one event per transaction: ``handler(conn, envelope, event)``."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        bootstrap: str,
+        topics: Sequence[str],
+        registry: EventRegistry,
+        handler: Handler,
+        pool: Pool,
+        producer: AIOKafkaProducer,
+        group_id: str | None = None,
+        retry: RetryPolicy | None = None,
+        max_batch: int = 200,
+        sequencing: Sequencing | None = None,
+    ) -> None:
+        async def each(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+            for delivery in deliveries:
+                await handler(conn, delivery.envelope, delivery.event)
+
+        super().__init__(
+            name=name,
+            bootstrap=bootstrap,
+            topics=topics,
+            registry=registry,
+            handler=each,
+            pool=pool,
+            producer=producer,
+            group_id=group_id,
+            retry=retry,
+            max_batch=max_batch,
+            sequencing=sequencing,
+        )
+        self._per_transaction = 1

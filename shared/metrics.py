@@ -14,8 +14,9 @@ HTTP_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 OUTBOX_PUBLISHED = Counter("outbox_events_published_total", "Outbox events acknowledged by Kafka")
-OUTBOX_UNSENT = Gauge(
-    "outbox_unsent_events", "Outbox rows seen unsent at the relay's last empty pass"
+OUTBOX_UNSENT = Gauge("outbox_unsent_events", "Outbox rows not yet acknowledged by Kafka")
+OUTBOX_OLDEST_UNSENT_AGE = Gauge(
+    "outbox_oldest_unsent_age_seconds", "How long the oldest unsent outbox row has waited"
 )
 EVENTS_CONSUMED = Counter(
     "events_consumed_total", "Events handled by a consumer", ["consumer", "outcome"]

@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
 import msgspec
 from aiokafka import AIOKafkaProducer
 
-from shared import db, kafka, logs
+from shared import db, kafka, logs, retention
 from shared.contracts.envelope import Topic
 from shared.http import idempotency
 from shared.http.api import Api, RevocationCheck
-from shared.http.app import DEFAULT_MAX_BODY_BYTES, create_app
+from shared.http.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE_LIMIT, DEFAULT_TIMEOUTS, create_app
+from shared.http.idempotency import KeySecret
+from shared.http.rate_limit import RateLimit
+from shared.http.server import Timeouts
 from shared.migrations import PLUMBING_MIGRATIONS, migrate
 from shared.outbox import OutboxRelay
-from shared.runtime import BackgroundLoop, Periodic, serve
+from shared.runtime import BackgroundLoop, BackgroundLoopDied, Periodic, serve
 from shared.settings import Secret, load_settings, read_key_file
 from shared.tokens import TokenVerifier
 
@@ -46,6 +51,16 @@ class ServiceSettings(msgspec.Struct, kw_only=True):
     db_pool_size: int = 10
     shutdown_timeout_seconds: float = 20.0
     startup_timeout_seconds: float = 60.0
+    # Sent outbox rows are kept this long (see ``shared.retention``).
+    outbox_retention_hours: float = 168.0
+    # For consumers that opt in; must exceed their topics' retention.ms.
+    processed_events_retention_hours: float = 336.0
+    # The front door; README "Front door" says what each one means.
+    public_rate_limit_per_minute: float = DEFAULT_RATE_LIMIT.per_minute
+    public_rate_limit_burst: int = DEFAULT_RATE_LIMIT.burst
+    http_header_timeout_seconds: float = DEFAULT_TIMEOUTS.header_seconds
+    http_body_timeout_seconds: float = DEFAULT_TIMEOUTS.body_seconds
+    idempotency_secret: Secret | None = None
 
 
 @dataclass
@@ -64,6 +79,8 @@ class Composition:
     api: Api
     loops: list[BackgroundLoop] = field(default_factory=list)
     revocations: RevocationCheck | None = None
+    # Consumers on topics Kafka deletes by time, whose dedupe rows may be pruned.
+    pruned_consumers: Sequence[str] = ()
 
 
 Compose = Callable[[Runtime], Awaitable[Composition]]
@@ -83,6 +100,19 @@ async def _retry_until(what: str, deadline: float, attempt: Callable[[], Awaitab
                 raise RuntimeError(f"{what} not reachable after {deadline:.0f}s") from exc
             log.warning("waiting for %s", what, extra={"error": repr(exc)})
             await asyncio.sleep(1.0)
+
+
+async def _prune(pool: db.Pool, settings: ServiceSettings, consumers: Sequence[str]) -> None:
+    now = datetime.now(UTC)
+    async with pool.acquire() as conn:
+        await retention.prune_sent_events(
+            conn, sent_before=now - timedelta(hours=settings.outbox_retention_hours)
+        )
+        await retention.prune_processed_events(
+            conn,
+            consumers=consumers,
+            processed_before=now - timedelta(hours=settings.processed_events_retention_hours),
+        )
 
 
 async def run_service(
@@ -130,11 +160,21 @@ async def run_service(
                 ("kafka", lambda: kafka.kafka_reachable(producer)),
             ],
             max_body_bytes=settings.max_body_bytes,
+            key_secret=KeySecret.configured(settings.idempotency_secret, settings.operator_token),
+            public_rate_limit=RateLimit(
+                settings.public_rate_limit_per_minute, settings.public_rate_limit_burst
+            ),
+            timeouts=Timeouts(
+                settings.http_header_timeout_seconds, settings.http_body_timeout_seconds
+            ),
             **({"revocations": composition.revocations} if composition.revocations else {}),
         )
         loops: list[BackgroundLoop] = [
             OutboxRelay(pool, producer, topic_prefix=settings.topic_prefix),
             Periodic("sweep-idempotency-keys", 3600, lambda: idempotency.sweep_expired(pool)),
+            Periodic(
+                "prune-plumbing", 3600, lambda: _prune(pool, settings, composition.pruned_consumers)
+            ),
             *composition.loops,
         ]
         await serve(
@@ -160,15 +200,19 @@ def main(
     composer: Callable[[S], Compose],
     extra_migrations: Sequence[tuple[str, Path]] = (),
 ) -> None:
-    """Entry point of ``python -m services.<name>``."""
+    """Entry point of ``python -m services.<name>``; exits 1 when a background loop died."""
     settings = load_settings(settings_type, name)
-    asyncio.run(
-        run_service(
-            name=name,
-            settings=settings,
-            migrations=migrations,
-            topics=topics,
-            compose=composer(settings),
-            extra_migrations=extra_migrations,
+    try:
+        asyncio.run(
+            run_service(
+                name=name,
+                settings=settings,
+                migrations=migrations,
+                topics=topics,
+                compose=composer(settings),
+                extra_migrations=extra_migrations,
+            )
         )
-    )
+    except BackgroundLoopDied:
+        # Logged with its cause already; a supervisor restarts the service.
+        sys.exit(1)

@@ -27,7 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
-from shared.db import Connection, Pool
+from shared.db import TRANSIENT_DB_ERRORS, Connection, Pool
 from shared.metrics import TIMERS_FAILED, TIMERS_FIRED, TIMERS_PARKED
 from shared.retry import RetryPolicy
 from shared.runtime import PollingLoop
@@ -81,7 +81,7 @@ class TimerLoop:
         self._poll_seconds = poll_seconds
         self._batch_size = batch_size
         self._retry = retry
-        self._loop = PollingLoop("timers", self._pass)
+        self._loop = PollingLoop("timers", self._pass, transient=TRANSIENT_DB_ERRORS)
 
     def stop(self) -> None:
         self._loop.stop()

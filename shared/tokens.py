@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, cast
@@ -26,6 +27,8 @@ Role = Literal["operator", "partner", "customer"]
 ROLES: frozenset[str] = frozenset({"operator", "partner", "customer"})
 ISSUER = "partner-marketplace"
 OPERATOR_SUBJECT = "operator"
+MAX_GENERATION = 2**31 - 1  # a PostgreSQL integer
+_SUBJECT = re.compile(r"[a-z]{2,5}_[0-9a-z]{1,40}")
 
 
 class InvalidToken(Exception):
@@ -91,9 +94,18 @@ class TokenVerifier:
             raise InvalidToken("the token is not valid") from None
         role = claims.get("role")
         generation = claims.get("gen", 0)
-        if role not in ("partner", "customer") or not isinstance(generation, int):
+        subject = claims["sub"]
+        # Only ever what the catalog signs; anything else (a NUL, a huge number) would
+        # fail later, deeper, as a 500 instead of a 401.
+        if (
+            role not in ("partner", "customer")
+            or type(generation) is not int
+            or not 0 <= generation <= MAX_GENERATION
+            or not isinstance(subject, str)
+            or not _SUBJECT.fullmatch(subject)
+        ):
             raise InvalidToken("the token is not valid")
-        return Principal(str(claims["sub"]), cast(Role, role), generation)
+        return Principal(subject, cast(Role, role), generation)
 
 
 def generate_keypair() -> tuple[bytes, bytes]:

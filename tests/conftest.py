@@ -76,7 +76,11 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
         started.kill_all()
 
 
-_LAYERS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
+_LAYERS = {
+    "integration": pytest.mark.integration,
+    "e2e": pytest.mark.e2e,
+    "security": pytest.mark.security,
+}
 _INFRA_FIXTURES = frozenset({"infra", "fresh_database", "new_topic"})
 
 

@@ -8,10 +8,9 @@ from pathlib import Path
 from services.catalog import handlers, store
 from services.catalog.http import CatalogHttp, build_api, utc_now
 from shared.contracts import catalog_accounts, catalog_agreements, catalog_offerings
-from shared.db import unit_of_work
-from shared.runtime import Periodic
 from shared.service import Compose, Composition, Runtime, ServiceSettings, main
 from shared.settings import read_key_file
+from shared.timers import TimerLoop
 from shared.token_generations import TokenGenerations
 from shared.tokens import TokenIssuer
 
@@ -37,21 +36,14 @@ def composer(settings: CatalogSettings) -> Compose:
         # The catalog's own tables are the truth: an account it does not know is no account.
         generations = TokenGenerations(runtime.pool, store.token_generation, accept_unknown=False)
 
-        async def expire_agreements() -> None:
-            # Batches of 100 keep each transaction short; loop until none is due.
-            while True:
-                async with unit_of_work(runtime.pool) as conn:
-                    if await handlers.expire_due_agreements(conn, utc_now()) < 100:
-                        return
-
         return Composition(
             api=build_api(CatalogHttp(issuer=issuer, token_rotated=generations.forget)),
             loops=[
                 generations,
-                Periodic(
-                    "expire-agreements",
-                    settings.agreement_expiry_check_seconds,
-                    expire_agreements,
+                TimerLoop(
+                    runtime.pool,
+                    handlers.timer_handlers(utc_now),
+                    poll_seconds=settings.agreement_expiry_check_seconds,
                 ),
             ],
             revocations=generations.superseded,

@@ -9,7 +9,6 @@ import msgspec
 
 from shared.contracts.catalog_accounts import PartnerKind
 from shared.contracts.catalog_agreements import AgreementStatus
-from shared.contracts.catalog_offerings import ComponentState
 from shared.contracts.pricing import Pricing
 from shared.http.fields import (
     AwareDatetime,
@@ -120,6 +119,19 @@ class PatchOffering(_Request, frozen=True, forbid_unknown_fields=True):
     components: Components | msgspec.UnsetType = msgspec.UNSET
 
 
+class ComponentView(msgspec.Struct, frozen=True):
+    """A priced component; its co-sell terms only for the parties to them."""
+
+    partner_id: str
+    partner_kind: PartnerKind
+    role: PartnerKind
+    name: str
+    pricing: Pricing
+    # Left out (not null) for a caller who is not a party to this component's terms.
+    agreement_id: str | msgspec.UnsetType | None = msgspec.UNSET
+    share_bps: int | msgspec.UnsetType = msgspec.UNSET
+
+
 class OfferingView(msgspec.Struct, frozen=True):
     id: str
     owner_id: str
@@ -130,8 +142,7 @@ class OfferingView(msgspec.Struct, frozen=True):
     name: str
     description: str
     currency: str
-    # The same shape the offering events carry: one definition of a priced component.
-    components: list[ComponentState]
+    components: list[ComponentView]
     created_at: datetime
     changed_at: datetime
     published_at: datetime | None

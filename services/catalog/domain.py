@@ -17,6 +17,7 @@ from shared.contracts.catalog_offerings import ComponentState
 from shared.contracts.pricing import Pricing
 from shared.errors import Conflict, RuleViolated, Violation
 from shared.money import is_supported_currency
+from shared.tokens import Principal
 
 FULL_SHARE_BPS = 10_000
 MAX_COMPONENTS = 20
@@ -229,14 +230,19 @@ def _component_share(
         )
         return None
     agreement = agreements.get(draft.agreement_id)
-    if agreement is None or agreement.grantor_id != draft.partner_id:
+    if (
+        agreement is None
+        or agreement.grantor_id != draft.partner_id
+        or agreement.grantee_id != owner.id
+    ):
+        # One answer whether it does not exist or is between others: the owner learns
+        # nothing about agreements it is not a party to.
         violations.append(
-            Violation(field, f"no agreement {draft.agreement_id} granted by {draft.partner_id}")
-        )
-        return None
-    if agreement.grantee_id != owner.id:
-        violations.append(
-            Violation(field, "the agreement was not granted to this offering's owner")
+            Violation(
+                field,
+                f"no agreement {draft.agreement_id} from partner {draft.partner_id}"
+                " to this offering's owner",
+            )
         )
         return None
     if not agreement.in_force(now):
@@ -251,6 +257,24 @@ def _component_share(
     return agreement.share_bps
 
 
+def sees_co_sell_terms(viewer: Principal, owner_id: str, component_partner_id: str) -> bool:
+    """A component's agreement and share are private to the parties and the operator."""
+    return viewer.role == "operator" or viewer.subject in (owner_id, component_partner_id)
+
+
+UNORDERABLE_BY_AGREEMENT = "a co-sell agreement it depends on is no longer in force"
+
+
+def unorderable_reason_for(viewer: Principal, owner_id: str, reason: str | None) -> str | None:
+    """Why an offering cannot be ordered, naming its agreements only to those who see them."""
+    if reason is None or not reason.startswith(_AGREEMENT_REASON):
+        return reason
+    return reason if sees_co_sell_terms(viewer, owner_id, owner_id) else UNORDERABLE_BY_AGREEMENT
+
+
+_AGREEMENT_REASON = "agreement "
+
+
 def orderability(
     components: Sequence[ComponentState], agreements: Mapping[str, Agreement], now: datetime
 ) -> tuple[bool, str | None]:
@@ -263,7 +287,7 @@ def orderability(
             status = agreement.status if agreement is not None else "missing"
             if agreement is not None and status == "active":
                 status = "expired"
-            return False, f"agreement {component.agreement_id} is {status}"
+            return False, f"{_AGREEMENT_REASON}{component.agreement_id} is {status}"
     return True, None
 
 

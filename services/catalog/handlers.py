@@ -1,18 +1,19 @@
 """Catalog use cases: one function per command, each inside the caller's unit of work.
 
-HTTP routes and the agreement-expiry timer both call these; each takes the
-transaction's connection, changes state through ``store`` and records the
+HTTP routes and the agreement-expiry timer (``shared.timers``) both call these;
+each takes the transaction's connection, changes state through ``store`` and records the
 events about the change in the outbox within that same transaction.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from services.catalog import domain, store
 from services.catalog.domain import Agreement, ContentChange, Offering, OfferingContent, Partner
-from shared import outbox
+from shared import outbox, timers
 from shared.contracts import catalog_accounts, catalog_agreements, catalog_offerings
 from shared.contracts.catalog_accounts import (
     CustomerRegistered,
@@ -39,10 +40,13 @@ from shared.contracts.catalog_offerings import (
 from shared.db import Connection
 from shared.errors import Conflict, NotAllowed, NotFound
 from shared.ids import new_id
+from shared.timers import TimerHandler
 from shared.token_generations import announce_rotation
 from shared.tokens import Principal, TokenIssuer
 
 PRODUCER = "catalog"
+# The timer that ends an agreement at its expires_at; keyed by the agreement id.
+AGREEMENT_EXPIRY = "catalog.agreement.expiry"
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ async def register_partner(
         PartnerRegistered(partner=_partner_state(partner)),
         key=partner.id,
         producer=PRODUCER,
+        sequence=await store.next_event_sequence(conn, "partners", partner.id),
     )
     return partner, issuer.issue(partner.id, "partner", partner.token_generation, now=now)
 
@@ -91,6 +96,7 @@ async def sign_up_customer(
         CustomerRegistered(customer=state),
         key=customer.id,
         producer=PRODUCER,
+        sequence=await store.next_event_sequence(conn, "customers", customer.id),
     )
     return customer, issuer.issue(customer.id, "customer", 1, now=now)
 
@@ -110,6 +116,7 @@ async def rotate_partner_token(
         PartnerTokenRotated(partner=_partner_state(partner)),
         key=partner.id,
         producer=PRODUCER,
+        sequence=await store.next_event_sequence(conn, "partners", partner.id),
     )
     return issuer.issue(partner.id, "partner", partner.token_generation, now=now)
 
@@ -135,6 +142,7 @@ async def rotate_customer_token(
         CustomerTokenRotated(customer=state),
         key=customer_id,
         producer=PRODUCER,
+        sequence=await store.next_event_sequence(conn, "customers", customer_id),
     )
     return issuer.issue(customer_id, "customer", state.token_generation, now=now)
 
@@ -176,6 +184,10 @@ async def grant_agreement(
         now=now,
     )
     await store.insert_agreement(conn, agreement)
+    if agreement.expires_at is not None:
+        await timers.schedule(
+            conn, kind=AGREEMENT_EXPIRY, key=agreement.id, due_at=agreement.expires_at
+        )
     await _publish_agreement(conn, AgreementCreated(agreement=_agreement_state(agreement)))
     return agreement
 
@@ -199,6 +211,9 @@ async def revoke_agreement(
         raise NotFound(f"agreement {agreement_id}")
     if actor.subject != seen.grantor_id:
         raise NotAllowed("only the grantor can revoke an agreement")
+    # Timer, offerings, agreement: the order the expiry timer locks them in, so
+    # a revocation and an expiry of one agreement wait for each other, never deadlock.
+    await timers.cancel(conn, kind=AGREEMENT_EXPIRY, key=agreement_id)
     await store.lock_offerings_naming(conn, [agreement_id])
     agreement = await store.agreement(conn, agreement_id, for_update=True)
     if agreement is None:  # agreements are never deleted; kept for the type checker's sake
@@ -210,15 +225,31 @@ async def revoke_agreement(
     return revoked
 
 
-async def expire_due_agreements(conn: Connection, now: datetime, *, limit: int = 100) -> int:
-    """Called by the expiry timer: ends agreements past their expiry, with the cascade."""
-    due = await store.agreements_due_to_expire(conn, now, limit)
-    for agreement in due:
-        expired = agreement.expired(now)
-        await store.update_agreement_status(conn, expired)
-        await _publish_agreement(conn, AgreementExpired(agreement=_agreement_state(expired)))
-        await _recheck_offerings_depending_on(conn, expired, now)
-    return len(due)
+async def expire_agreement(conn: Connection, agreement_id: str, now: datetime) -> None:
+    """Called by the agreement's expiry timer: ends it, with the cascade, if still in force."""
+    await store.lock_offerings_naming(conn, [agreement_id])
+    agreement = await store.agreement(conn, agreement_id, for_update=True)
+    if agreement is None or agreement.status != "active" or agreement.expires_at is None:
+        return  # ended otherwise meanwhile: nothing left to expire
+    if agreement.expires_at > now:
+        # Found due by a replica whose clock runs ahead of ours: try again when due here.
+        await timers.schedule(
+            conn, kind=AGREEMENT_EXPIRY, key=agreement_id, due_at=agreement.expires_at
+        )
+        return
+    expired = agreement.expired(now)
+    await store.update_agreement_status(conn, expired)
+    await _publish_agreement(conn, AgreementExpired(agreement=_agreement_state(expired)))
+    await _recheck_offerings_depending_on(conn, expired, now)
+
+
+def timer_handlers(clock: Callable[[], datetime]) -> dict[str, TimerHandler]:
+    """What the catalog's timer loop fires, each reaching the use case above."""
+
+    async def expire(conn: Connection, agreement_id: str) -> None:
+        await expire_agreement(conn, agreement_id, clock())
+
+    return {AGREEMENT_EXPIRY: expire}
 
 
 async def _recheck_offerings_depending_on(
@@ -246,6 +277,7 @@ async def _publish_agreement(
         event,
         key=event.agreement.agreement_id,
         producer=PRODUCER,
+        sequence=await store.next_event_sequence(conn, "agreements", event.agreement.agreement_id),
     )
 
 

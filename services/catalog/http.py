@@ -15,6 +15,7 @@ from services.catalog.api import (
     AgreementView,
     BrowseOfferings,
     ComponentInput,
+    ComponentView,
     CreateAgreement,
     CreateCustomer,
     CreateOffering,
@@ -35,12 +36,15 @@ from services.catalog.domain import (
     ContentChange,
     Offering,
     OfferingContent,
+    sees_co_sell_terms,
+    unorderable_reason_for,
 )
+from shared.contracts.catalog_offerings import ComponentState
 from shared.errors import NotFound
 from shared.http.api import ANY_ROLE, PUBLIC, Api, Call
 from shared.http.fields import ResourceId
 from shared.http.pagination import cursor_of_type, encode_cursor
-from shared.tokens import Role, TokenIssuer
+from shared.tokens import Principal, Role, TokenIssuer
 
 Clock = Callable[[], datetime]
 
@@ -83,6 +87,7 @@ def build_api(deps: CatalogHttp) -> Api:
     @route(
         "POST", "/v1/partners", summary="Onboard a partner", roles=OPERATOR,
         body=CreatePartner, response=PartnerCreated, status=201, tag="partners",
+        shows_secret=True,
     )  # fmt: skip
     async def create_partner(call: Call[CreatePartner, None]) -> PartnerCreated:
         async with call.transaction() as conn:
@@ -106,7 +111,7 @@ def build_api(deps: CatalogHttp) -> Api:
     @route(
         "POST", "/v1/partners/{partner_id}/rotate-token",
         summary="Issue a new partner token; older ones stop working",
-        roles=PARTNER_OR_OPERATOR, response=TokenIssued, tag="partners",
+        roles=PARTNER_OR_OPERATOR, response=TokenIssued, tag="partners", shows_secret=True,
     )  # fmt: skip
     async def rotate_partner_token(call: Call[None, None]) -> TokenIssued:
         partner_id = _path_id(call, "partner_id", "partner")
@@ -114,12 +119,13 @@ def build_api(deps: CatalogHttp) -> Api:
             token = await handlers.rotate_partner_token(
                 conn, deps.issuer, call.caller, partner_id, deps.clock()
             )
-        deps.token_rotated(partner_id)
+        call.after_commit(lambda: deps.token_rotated(partner_id))
         return TokenIssued(token=token)
 
     @route(
         "POST", "/v1/customers", summary="Sign up as a customer", roles=PUBLIC,
         body=CreateCustomer, response=CustomerCreated, status=201, tag="customers",
+        shows_secret=True,
     )  # fmt: skip
     async def create_customer(call: Call[CreateCustomer, None]) -> CustomerCreated:
         async with call.transaction() as conn:
@@ -145,7 +151,7 @@ def build_api(deps: CatalogHttp) -> Api:
     @route(
         "POST", "/v1/customers/{customer_id}/rotate-token",
         summary="Issue a new customer token; older ones stop working",
-        roles=CUSTOMER_OR_OPERATOR, response=TokenIssued, tag="customers",
+        roles=CUSTOMER_OR_OPERATOR, response=TokenIssued, tag="customers", shows_secret=True,
     )  # fmt: skip
     async def rotate_customer_token(call: Call[None, None]) -> TokenIssued:
         customer_id = _path_id(call, "customer_id", "customer")
@@ -153,7 +159,7 @@ def build_api(deps: CatalogHttp) -> Api:
             token = await handlers.rotate_customer_token(
                 conn, deps.issuer, call.caller, customer_id, deps.clock()
             )
-        deps.token_rotated(customer_id)
+        call.after_commit(lambda: deps.token_rotated(customer_id))
         return TokenIssued(token=token)
 
     @route(
@@ -229,7 +235,7 @@ def build_api(deps: CatalogHttp) -> Api:
             offering = await handlers.create_offering(
                 conn, call.caller.subject, content, deps.clock()
             )
-        return _offering_view(offering)
+        return _offering_view(offering, call.caller)
 
     @route(
         "PATCH", "/v1/offerings/{offering_id}",
@@ -249,7 +255,7 @@ def build_api(deps: CatalogHttp) -> Api:
             offering = await handlers.change_offering(
                 conn, call.caller, offering_id, change, deps.clock()
             )
-        return _offering_view(offering)
+        return _offering_view(offering, call.caller)
 
     @route(
         "POST", "/v1/offerings/{offering_id}/publish", summary="Make an offering orderable",
@@ -259,7 +265,7 @@ def build_api(deps: CatalogHttp) -> Api:
         offering_id = _path_id(call, "offering_id", "offering")
         async with call.transaction() as conn:
             offering = await handlers.publish_offering(conn, call.caller, offering_id, deps.clock())
-        return _offering_view(offering)
+        return _offering_view(offering, call.caller)
 
     @route(
         "POST", "/v1/offerings/{offering_id}/retire", summary="Stop new orders of an offering",
@@ -269,7 +275,7 @@ def build_api(deps: CatalogHttp) -> Api:
         offering_id = _path_id(call, "offering_id", "offering")
         async with call.transaction() as conn:
             offering = await handlers.retire_offering(conn, call.caller, offering_id, deps.clock())
-        return _offering_view(offering)
+        return _offering_view(offering, call.caller)
 
     @route(
         "GET", "/v1/offerings/{offering_id}", summary="Read an offering's current version",
@@ -279,7 +285,7 @@ def build_api(deps: CatalogHttp) -> Api:
         offering_id = _path_id(call, "offering_id", "offering")
         async with call.connection() as conn:
             offering = await handlers.visible_offering(conn, call.caller, offering_id)
-        return _offering_view(offering)
+        return _offering_view(offering, call.caller)
 
     @route(
         "GET", "/v1/offerings/{offering_id}/versions/{version}",
@@ -296,7 +302,7 @@ def build_api(deps: CatalogHttp) -> Api:
             offering = await handlers.visible_offering(
                 conn, call.caller, offering_id, int(raw_version)
             )
-        return _offering_view(offering)
+        return _offering_view(offering, call.caller)
 
     @route(
         "GET", "/v1/offerings", summary="Browse and search published offerings",
@@ -325,7 +331,9 @@ def build_api(deps: CatalogHttp) -> Api:
         if len(found) > query.limit:
             last, rank = page[-1]
             next_cursor = encode_cursor([rank, last.id] if query.q is not None else [last.id])
-        return OfferingPage(items=[_offering_view(o) for o, _ in page], next_cursor=next_cursor)
+        return OfferingPage(
+            items=[_offering_view(o, call.caller) for o, _ in page], next_cursor=next_cursor
+        )
 
     return api
 
@@ -361,19 +369,36 @@ def _agreement_view(agreement: Agreement) -> AgreementView:
     )
 
 
-def _offering_view(offering: Offering) -> OfferingView:
+def _offering_view(offering: Offering, viewer: Principal) -> OfferingView:
     return OfferingView(
         id=offering.id,
         owner_id=offering.owner_id,
         version=offering.version,
         status=offering.status,
         orderable=offering.orderable,
-        unorderable_reason=offering.unorderable_reason,
+        unorderable_reason=unorderable_reason_for(
+            viewer, offering.owner_id, offering.unorderable_reason
+        ),
         name=offering.content.name,
         description=offering.content.description,
         currency=offering.content.currency,
-        components=list(offering.components),
+        components=[_component_view(c, offering.owner_id, viewer) for c in offering.components],
         created_at=offering.created_at,
         changed_at=offering.changed_at,
         published_at=offering.published_at,
+    )
+
+
+def _component_view(component: ComponentState, owner_id: str, viewer: Principal) -> ComponentView:
+    view = ComponentView(
+        partner_id=component.partner_id,
+        partner_kind=component.partner_kind,
+        role=component.role,
+        name=component.name,
+        pricing=component.pricing,
+    )
+    if not sees_co_sell_terms(viewer, owner_id, component.partner_id):
+        return view
+    return msgspec.structs.replace(
+        view, agreement_id=component.agreement_id, share_bps=component.share_bps
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import msgspec
@@ -121,6 +121,19 @@ async def token_generation(conn: Connection, role: str, subject: str) -> int | N
     return generation
 
 
+async def next_event_sequence(
+    conn: Connection, table: Literal["partners", "customers", "agreements"], entity_id: str
+) -> int:
+    """The sequence number of the entity's next event (1, 2, 3 ...); call with its row locked
+    or just inserted, in the transaction that records the event."""
+    sequence: int = await conn.fetchval(
+        f"UPDATE {table} SET event_sequence = event_sequence + 1 WHERE id = $1"
+        " RETURNING event_sequence",
+        entity_id,
+    )
+    return sequence
+
+
 # Agreements
 
 _AGREEMENT_COLUMNS = (
@@ -187,25 +200,6 @@ async def agreements_of_partner(
         partner_id,
         after_id,
         limit,
-    )
-    return [_agreement(row) for row in rows]
-
-
-async def agreements_due_to_expire(conn: Connection, now: datetime, limit: int) -> list[Agreement]:
-    ids = await conn.fetch(
-        "SELECT id FROM agreements WHERE status = 'active' AND expires_at <= $1"
-        " ORDER BY expires_at LIMIT $2",
-        now,
-        limit,
-    )
-    await lock_offerings_naming(conn, [row["id"] for row in ids])
-    # SKIP LOCKED: two catalog replicas sweeping at once share the work, never block.
-    rows = await conn.fetch(
-        f"SELECT {_AGREEMENT_COLUMNS} FROM agreements"
-        " WHERE id = ANY($1) AND status = 'active' AND expires_at <= $2"
-        " ORDER BY id FOR UPDATE SKIP LOCKED",
-        [row["id"] for row in ids],
-        now,
     )
     return [_agreement(row) for row in rows]
 

@@ -21,6 +21,7 @@ class OrdersSettings(ServiceSettings, kw_only=True):
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Orders refuses tokens a rotation superseded, from its own view of catalog.accounts.
 EXTRA_MIGRATIONS = (account_generations.MIGRATIONS,)
+TOPICS = account_generations.TOPICS
 
 
 async def compose(runtime: Runtime) -> Composition:
@@ -32,7 +33,7 @@ if __name__ == "__main__":
         "orders",
         OrdersSettings,
         migrations=MIGRATIONS,
-        topics=(),
+        topics=TOPICS,
         composer=lambda _: compose,
         extra_migrations=EXTRA_MIGRATIONS,
     )

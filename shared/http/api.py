@@ -8,6 +8,9 @@ the one the handlers enforce.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,9 +19,11 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from shared.db import Connection, Pool
 from shared.http import idempotency
+from shared.http.idempotency import KeySecret
 from shared.http.problems import (
     PROBLEM_CONTENT_TYPE,
     HTTPProblem,
@@ -29,7 +34,11 @@ from shared.http.problems import (
     invalid,
     unauthorized,
 )
+from shared.http.rate_limit import RateLimiter
+from shared.http.server import Timeouts
 from shared.tokens import InvalidToken, Principal, Role, TokenVerifier
+
+log = logging.getLogger(__name__)
 
 B = TypeVar("B")
 Q = TypeVar("Q")
@@ -44,6 +53,9 @@ class RevocationCheck(Protocol):
 DB_POOL = web.AppKey("db_pool", Pool)
 VERIFIER = web.AppKey("token_verifier", TokenVerifier)
 REVOCATIONS = web.AppKey("token_revocations", RevocationCheck)
+KEY_SECRET = web.AppKey("idempotency_key_secret", KeySecret)
+PUBLIC_RATE_LIMITER = web.AppKey("public_rate_limiter", RateLimiter)
+TIMEOUTS = web.AppKey("timeouts", Timeouts)
 
 PUBLIC: frozenset[Role] = frozenset()
 ANY_ROLE: frozenset[Role] = frozenset({"operator", "partner", "customer"})
@@ -51,6 +63,10 @@ ANY_ROLE: frozenset[Role] = frozenset({"operator", "partner", "customer"})
 _encoder = msgspec.json.Encoder()
 _PATH_PARAM = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)\}")
 _JSON_TYPES = ("application/json", "application/problem+json")
+_UTF8 = ("utf-8", "utf8")
+_DIGITS = re.compile(r"^[0-9]{1,18}$")
+
+AfterCommit = Callable[[], object]
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,7 @@ class Call(Generic[B, Q]):
     body: B
     query: Q
     _bound_connection: Connection | None = None
+    _after_commit: list[AfterCommit] = field(default_factory=list)
 
     def path(self, name: str) -> str:
         return self.request.match_info[name]
@@ -80,6 +97,28 @@ class Call(Generic[B, Q]):
         if self.principal is None:
             raise unauthorized("this endpoint needs a bearer token")
         return self.principal
+
+    def after_commit(self, callback: AfterCommit) -> None:
+        """Run ``callback`` once the request's unit of work has committed, never before.
+
+        Work that announces committed data (a cache to forget, a signal to
+        another loop) belongs here: code after a ``transaction()`` block may
+        still be inside an outer transaction (under an Idempotency-Key), and a
+        request that fails or is replayed commits nothing, so runs nothing.
+        A callback may be a coroutine function; its failure is logged, since
+        the data is committed by then.
+        """
+        self._after_commit.append(callback)
+
+    async def _committed(self) -> None:
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            try:
+                outcome = callback()
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                log.exception("after-commit work failed", extra={"path": self.request.path})
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
@@ -95,13 +134,15 @@ class Call(Generic[B, Q]):
         """The request's unit of work.
 
         Under an Idempotency-Key the transaction is the one that also stores
-        the reply, so the effect and its replay record commit together.
+        the reply, so the effect and its replay record commit together, and
+        ``after_commit`` work waits for that outer commit.
         """
         if self._bound_connection is not None:
             yield self._bound_connection
             return
         async with self.request.app[DB_POOL].acquire() as conn, conn.transaction():
             yield conn
+        await self._committed()
 
 
 Handler = Callable[[Call[Any, Any]], Awaitable[msgspec.Struct | Reply]]
@@ -119,6 +160,7 @@ class Endpoint:
     response: type | None
     status: int
     tag: str
+    shows_secret: bool
 
     @property
     def public(self) -> bool:
@@ -143,10 +185,25 @@ class Api:
         response: type | None = None,
         status: int = 200,
         tag: str = "default",
+        shows_secret: bool = False,
     ) -> Callable[[Handler], Handler]:
+        """``shows_secret``: the reply carries a token; an Idempotency-Key replays it briefly."""
+
         def register(handler: Handler) -> Handler:
             self.endpoints.append(
-                Endpoint(method, path, handler, summary, roles, body, query, response, status, tag)
+                Endpoint(
+                    method,
+                    path,
+                    handler,
+                    summary,
+                    roles,
+                    body,
+                    query,
+                    response,
+                    status,
+                    tag,
+                    shows_secret,
+                )
             )
             return handler
 
@@ -154,10 +211,17 @@ class Api:
 
     def install(self, app: web.Application) -> None:
         for endpoint in self.endpoints:
-            app.router.add_route(endpoint.method, endpoint.path, _aiohttp_handler(endpoint))
+            if endpoint.method == "GET":  # GET routes answer HEAD too
+                app.router.add_get(endpoint.path, _aiohttp_handler(endpoint))
+            else:
+                app.router.add_route(endpoint.method, endpoint.path, _aiohttp_handler(endpoint))
 
 
-async def authenticate(request: web.Request) -> Principal:
+_SUPERSEDED = "the token was replaced by a newer one"
+
+
+def identify(request: web.Request) -> Principal:
+    """Who the bearer token says the caller is (its signature checked, not its generation)."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -165,44 +229,92 @@ async def authenticate(request: web.Request) -> Principal:
     if not token.isascii():  # tokens are ASCII; anything else could not even be hashed
         raise unauthorized("the token is not valid")
     try:
-        principal = request.app[VERIFIER].verify(token.strip())
+        return request.app[VERIFIER].verify(token.strip())
     except InvalidToken as exc:
         raise unauthorized(str(exc)) from None
-    if principal.role != "operator" and await request.app[REVOCATIONS](principal):
-        raise unauthorized("the token was replaced by a newer one")
-    return principal
+
+
+async def superseded(request: web.Request, principal: Principal) -> bool:
+    return principal.role != "operator" and await request.app[REVOCATIONS](principal)
 
 
 def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     body_decoder: msgspec.json.Decoder[Any] | None = (
         msgspec.json.Decoder(endpoint.body) if endpoint.body is not None else None
     )
+    integer_params = _integer_fields(endpoint.query) if endpoint.query else frozenset()
 
     async def handle(request: web.Request) -> web.StreamResponse:
         principal = None
-        if not endpoint.public:
-            principal = await authenticate(request)
-            if principal.role not in endpoint.roles:
-                raise forbidden(f"a {principal.role} cannot {endpoint.summary.lower()}")
-        raw_body = await request.read()
+        stale = False
+        if endpoint.public:
+            request.app[PUBLIC_RATE_LIMITER].admit(request.remote or "unknown")
+        else:
+            principal = identify(request)
+            stale = await superseded(request, principal)
+        key = request.headers.get(idempotency.HEADER) if endpoint.method == "POST" else None
+        if stale and key is None:
+            raise unauthorized(_SUPERSEDED)
+        if principal is not None and principal.role not in endpoint.roles:
+            raise forbidden(f"a {principal.role} cannot {endpoint.summary.lower()}")
+        if key is not None:
+            idempotency.check_shape(key)
+            if principal is None:
+                idempotency.require_unguessable(key)
+        raw_body = await _read_body(request)
+        keyed = None
+        if key is not None:
+            keyed = idempotency.KeyedRequest(
+                subject=principal.subject if principal else "anonymous",
+                key=key,
+                fingerprint=idempotency.fingerprint(request.method, request.path_qs, raw_body),
+                shows_secret=endpoint.shows_secret,
+            )
+        if stale:
+            assert keyed is not None  # a stale token without a key was refused above
+            # A retry of a request that succeeded (a rotation whose reply was lost) gets
+            # that reply, though its success superseded the very token it was sent with.
+            replay = await idempotency.replay_stored(
+                request.app[DB_POOL], request.app[KEY_SECRET], keyed
+            )
+            if replay is None:
+                raise unauthorized(_SUPERSEDED)
+            return replay
         body: Any = None
         if body_decoder is not None:
             body = _decode_body(request, body_decoder, raw_body)
-        query: Any = _decode_query(request, endpoint.query) if endpoint.query else None
+        query: Any = (
+            _decode_query(request, endpoint.query, integer_params) if endpoint.query else None
+        )
         call: Call[Any, Any] = Call(request, principal, body, query)
-        key = request.headers.get("Idempotency-Key")
-        if endpoint.method == "POST" and key is not None:
-            subject = principal.subject if principal else "anonymous"
-            return await idempotency.run_once(
+        if keyed is None:
+            response = await _respond(endpoint, call, None)
+        else:
+            response, fresh = await idempotency.run_once(
                 request.app[DB_POOL],
-                subject=subject,
-                key=key,
-                fingerprint=idempotency.fingerprint(request.method, request.path_qs, raw_body),
-                respond=lambda conn: _respond(endpoint, call, conn),
+                request.app[KEY_SECRET],
+                keyed,
+                lambda conn: _respond(endpoint, call, conn),
             )
-        return await _respond(endpoint, call, None)
+            if not fresh:
+                return response
+        if response.status < 400:
+            await call._committed()
+        return response
 
     return handle
+
+
+async def _read_body(request: web.Request) -> bytes:
+    try:
+        async with asyncio.timeout(request.app[TIMEOUTS].body_seconds):
+            return await request.read()
+    except TimeoutError:
+        raise HTTPProblem(
+            408, "Request timeout", "the request body did not arrive in time"
+        ) from None
+    except HttpProcessingError:
+        raise bad_request("the request body is not valid HTTP/1.1 framing") from None
 
 
 async def _respond(
@@ -225,8 +337,12 @@ def _decode_body(request: web.Request, decoder: msgspec.json.Decoder[Any], raw_b
     content_type = request.headers.get("Content-Type")
     if content_type is not None and request.content_type not in _JSON_TYPES:
         raise HTTPProblem(
-            415, "Unsupported media type", f"send application/json, not {request.content_type}"
+            415,
+            "Unsupported media type",
+            f"send application/json, not {request.content_type[:80]}",
         )
+    if request.charset is not None and request.charset.lower() not in _UTF8:
+        raise HTTPProblem(415, "Unsupported media type", "JSON is read as UTF-8 only")
     if not raw_body:
         raise bad_request("the request needs a JSON body")
     try:
@@ -235,6 +351,8 @@ def _decode_body(request: web.Request, decoder: msgspec.json.Decoder[Any], raw_b
         raise from_validation_error(exc) from None
     except msgspec.DecodeError as exc:
         raise bad_request(f"the body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise bad_request("the body is not valid UTF-8") from None
     if b"\\u0000" in raw_body:  # JSON can only carry NUL escaped
         where = _nul_at(msgspec.json.decode(raw_body))
         if where is not None:
@@ -262,7 +380,15 @@ def _nul_at(value: Any, path: str = "") -> str | None:
     return None
 
 
-def _decode_query(request: web.Request, query_type: type) -> Any:
+def _integer_fields(query_type: type) -> frozenset[str]:
+    info = msgspec.inspect.type_info(query_type)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return frozenset(
+        f.encode_name for f in info.fields if isinstance(f.type, msgspec.inspect.IntType)
+    )
+
+
+def _decode_query(request: web.Request, query_type: type, integers: frozenset[str]) -> Any:
     params: dict[str, str] = {}
     for name in request.query:
         values = request.query.getall(name)
@@ -272,6 +398,9 @@ def _decode_query(request: web.Request, query_type: type) -> Any:
             )
         if "\x00" in values[0]:
             raise invalid(f"query.{name}", "must not contain NUL characters")
+        # Lenient conversion would read "1e2" or full-width digits as a number; a count is 0-9.
+        if name in integers and not (values[0].isascii() and _DIGITS.match(values[0])):
+            raise invalid(f"query.{name}", "must be a whole number written in digits 0-9")
         params[name] = values[0]
     try:
         return msgspec.convert(params, type=query_type, strict=False)

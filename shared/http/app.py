@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,8 +16,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from shared import logs
 from shared.db import Pool
 from shared.errors import Conflict, DomainError, NotAllowed, NotFound, RuleViolated
-from shared.http.api import DB_POOL, REVOCATIONS, VERIFIER, Api, RevocationCheck, openapi_document
-from shared.http.problems import FieldError, HTTPProblem, problem_response
+from shared.http.api import (
+    DB_POOL,
+    KEY_SECRET,
+    PUBLIC_RATE_LIMITER,
+    REVOCATIONS,
+    TIMEOUTS,
+    VERIFIER,
+    Api,
+    RevocationCheck,
+    openapi_document,
+)
+from shared.http.idempotency import KeySecret
+from shared.http.problems import FieldError, HTTPProblem, bad_request, problem_response
+from shared.http.rate_limit import RateLimit, RateLimiter
+from shared.http.server import SERVER_NAME, Timeouts
 from shared.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from shared.tokens import TokenVerifier
 
@@ -26,7 +40,10 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 READINESS = web.AppKey("readiness_checks", list[tuple[str, ReadinessCheck]])
 
 CORRELATION_HEADER = "X-Correlation-Id"
+_CORRELATION_SHAPE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_RATE_LIMIT = RateLimit()
+DEFAULT_TIMEOUTS = Timeouts()
 
 _STATUS_TITLES = {
     404: "Not found",
@@ -48,12 +65,20 @@ def create_app(
     readiness: Sequence[tuple[str, ReadinessCheck]],
     revocations: RevocationCheck = _never_revoked,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    key_secret: KeySecret | None = None,
+    public_rate_limit: RateLimit = DEFAULT_RATE_LIMIT,
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
 ) -> web.Application:
+    """``key_secret``: replicas of one service must share it; random when not given."""
     app = web.Application(middlewares=[_observe], client_max_size=max_body_bytes)
     app[DB_POOL] = pool
     app[VERIFIER] = verifier
     app[REVOCATIONS] = revocations
+    app[KEY_SECRET] = key_secret or KeySecret.random()
+    app[PUBLIC_RATE_LIMITER] = RateLimiter(public_rate_limit)
+    app[TIMEOUTS] = timeouts
     app[READINESS] = list(readiness)
+    app.on_response_prepare.append(_conventional_headers)
     document = msgspec.json.encode(openapi_document(api, _operational_paths()))
     api.install(app)
     app.router.add_get("/healthz", _healthz)
@@ -67,13 +92,23 @@ def create_app(
     return app
 
 
+async def _conventional_headers(_: web.Request, response: web.StreamResponse) -> None:
+    # No versions for a scanner to match; replies carry tokens and personal data, keep them
+    # out of every cache on the way.
+    response.headers["Server"] = SERVER_NAME
+    response.headers["Cache-Control"] = "no-store"
+
+
 @web.middleware
 async def _observe(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Correlation id, metrics and the one place where errors become problems."""
-    correlation = request.headers.get(CORRELATION_HEADER) or uuid.uuid4().hex
-    token = logs.correlation_id.set(correlation[:128])
+    sent = request.headers.get(CORRELATION_HEADER, "")
+    # The one header value that reaches the log, so only in a shape that cannot carry a
+    # secret's worth of surprise or forge a log line: otherwise a fresh id replaces it.
+    correlation = sent if _CORRELATION_SHAPE.fullmatch(sent) else uuid.uuid4().hex
+    token = logs.correlation_id.set(correlation)
     started = time.perf_counter()
     try:
         response = await _as_problem(request, handler)
@@ -83,7 +118,7 @@ async def _observe(
     route_name = route.canonical if route is not None else "unmatched"
     HTTP_REQUESTS.labels(route_name, request.method, str(response.status)).inc()
     HTTP_LATENCY.labels(route_name, request.method).observe(time.perf_counter() - started)
-    response.headers[CORRELATION_HEADER] = correlation[:128]
+    response.headers[CORRELATION_HEADER] = correlation
     return response
 
 
@@ -93,7 +128,14 @@ async def _as_problem(
     try:
         return await handler(request)
     except HTTPProblem as problem:
-        return problem_response(problem)
+        response = problem_response(problem)
+        if problem.problem.status == 408:
+            response.force_close()  # the rest of a late body is not worth waiting for
+        return response
+    except ConnectionError:
+        # The client went away mid-request (typically mid-body): its choice, not our error.
+        log.info("client disconnected", extra={"path": request.path, "method": request.method})
+        return problem_response(bad_request("the client disconnected"))
     except DomainError as refusal:
         return problem_response(problem_of(refusal))
     except web.HTTPException as exc:

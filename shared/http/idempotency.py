@@ -9,17 +9,26 @@ row's unique index until the first commits, then replays it.  Failed requests
 (4xx, 5xx) roll back with their effect and do not consume the key.
 
 Replies can hold secrets (a newly issued token is shown once), so neither
-the key nor the reply is stored as sent: the row is found by a digest of the
-key, and the reply is sealed with AES-GCM under a key derived from the
-client's Idempotency-Key.  The database alone cannot reveal a stored reply;
-only the client that holds the key can have it replayed.
+the key nor the reply is stored as sent.  The row is found by an HMAC of the
+caller and key under a server-side secret, and the reply is sealed with
+AES-GCM under a key derived from both that secret and the client's key: a
+database reader can neither look a key up nor open a reply, and the server
+alone cannot open one either without the client's key.  Replies that carry a
+secret are replayed for ``SECRET_REPLY_MINUTES`` only.
+
+On a public endpoint the key is the only thing that tells one anonymous
+caller from another, so it must be unguessable (``require_unguessable``).
+Keys never reach a log line.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
+import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 from cryptography.exceptions import InvalidTag
@@ -29,36 +38,76 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shared.db import Connection, Pool
 from shared.http.problems import conflict, invalid
+from shared.settings import Secret
 
 RETENTION_HOURS = 24
+SECRET_REPLY_MINUTES = 15
 MAX_KEY_LENGTH = 255
-
+HEADER = "Idempotency-Key"
 
 _NONCE_BYTES = 12
+_UNGUESSABLE = re.compile(r"^[A-Za-z0-9_-]{32,255}$")
+_MIN_DISTINCT = 6
 
 
-def _key_digest(key: str) -> str:
-    return hashlib.sha256(b"idempotency-key:" + key.encode()).hexdigest()
+def require_unguessable(key: str) -> None:
+    """A key that stands alone (no caller identity) must be a random one.
+
+    At least 32 characters of ``A-Z a-z 0-9 - _`` with at least 6 different
+    ones besides ``-``: a UUIDv4 (``uuid.uuid4()``), ``secrets.token_urlsafe(24)``
+    or ``secrets.token_hex(16)`` qualify; ``signup-1`` or a run of zeros do not.
+    """
+    if not _UNGUESSABLE.match(key) or len(set(key) - {"-"}) < _MIN_DISTINCT:
+        raise invalid(
+            HEADER,
+            "on a public endpoint it must be unguessable: a UUIDv4 or at least 32 random"
+            " characters of A-Z a-z 0-9 - _",
+        )
 
 
-def _sealer(subject: str, key: str) -> AESGCM:
-    derived = HKDF(
-        algorithm=hashes.SHA256(),
-        length=32,
-        salt=subject.encode(),
-        info=b"idempotent-reply",
-    ).derive(key.encode())
-    return AESGCM(derived)
+class KeySecret:
+    """The server-side secret under which keys are digested and replies sealed."""
 
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("the idempotency secret must be at least 16 bytes")
+        self._digest_key = hmac.new(secret, b"idempotency-key-digest", hashlib.sha256).digest()
+        self._seal_salt_key = hmac.new(secret, b"idempotency-reply-seal", hashlib.sha256).digest()
 
-def _seal(subject: str, key: str, body: bytes) -> bytes:
-    nonce = os.urandom(_NONCE_BYTES)
-    return nonce + _sealer(subject, key).encrypt(nonce, body, None)
+    @classmethod
+    def configured(cls, secret: Secret | None, operator_token: Secret) -> KeySecret:
+        """The configured secret, else one derived from the operator token (also secret)."""
+        if secret is not None:
+            return cls(secret.reveal().encode())
+        return cls(
+            HKDF(
+                algorithm=hashes.SHA256(), length=32, salt=None, info=b"idempotency-key-secret"
+            ).derive(operator_token.reveal().encode())
+        )
 
+    @classmethod
+    def random(cls) -> KeySecret:
+        """For a single process (tests): replicas must share one configured secret."""
+        return cls(os.urandom(32))
 
-def _open(subject: str, key: str, sealed: bytes) -> bytes:
-    nonce, ciphertext = sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:]
-    return _sealer(subject, key).decrypt(nonce, ciphertext, None)
+    def digest(self, subject: str, key: str) -> str:
+        message = len(subject).to_bytes(4, "big") + subject.encode() + key.encode()
+        return hmac.new(self._digest_key, message, hashlib.sha256).hexdigest()
+
+    def _sealer(self, subject: str, key: str) -> AESGCM:
+        salt = hmac.new(self._seal_salt_key, subject.encode(), hashlib.sha256).digest()
+        derived = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=salt, info=b"idempotent-reply"
+        ).derive(key.encode())
+        return AESGCM(derived)
+
+    def seal(self, subject: str, key: str, body: bytes) -> bytes:
+        nonce = os.urandom(_NONCE_BYTES)
+        return nonce + self._sealer(subject, key).encrypt(nonce, body, None)
+
+    def open(self, subject: str, key: str, sealed: bytes) -> bytes:
+        nonce, ciphertext = sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:]
+        return self._sealer(subject, key).decrypt(nonce, ciphertext, None)
 
 
 class _Refused(Exception):
@@ -74,17 +123,31 @@ def fingerprint(method: str, path: str, body: bytes) -> bytes:
     return digest.digest()
 
 
+def check_shape(key: str) -> None:
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise invalid(HEADER, f"must be 1 to {MAX_KEY_LENGTH} printable characters")
+
+
+@dataclass(frozen=True)
+class KeyedRequest:
+    """A POST under an Idempotency-Key: who sent it, the key, and what exactly was asked."""
+
+    subject: str
+    key: str
+    fingerprint: bytes
+    shows_secret: bool  # its reply carries a token, so it is replayed only briefly
+
+
 async def run_once(
     pool: Pool,
-    *,
-    subject: str,
-    key: str,
-    fingerprint: bytes,
+    secret: KeySecret,
+    request: KeyedRequest,
     respond: Callable[[Connection], Awaitable[web.Response]],
-) -> web.Response:
-    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
-        raise invalid("Idempotency-Key", f"must be 1 to {MAX_KEY_LENGTH} printable characters")
-    stored_key = _key_digest(key)
+) -> tuple[web.Response, bool]:
+    """The reply, and whether it is fresh (False: a replay of the stored one)."""
+    subject, key, fingerprint = request.subject, request.key, request.fingerprint
+    check_shape(key)
+    stored_key = secret.digest(subject, key)
     try:
         async with pool.acquire() as conn, conn.transaction():
             # Keys older than the retention window are forgotten, as if swept.
@@ -115,23 +178,51 @@ async def run_once(
                     stored_key,
                     response.status,
                     response.content_type,
-                    _seal(subject, key, body),
+                    secret.seal(subject, key, body),
                 )
-                return response
-            stored = await conn.fetchrow(
-                "SELECT fingerprint, status, content_type, body FROM idempotency_keys"
-                " WHERE principal = $1 AND key = $2",
+                return response, True
+    except _Refused as refused:
+        return refused.response, False
+    replay = await replay_stored(pool, secret, request)
+    if replay is None:
+        raise conflict("this Idempotency-Key was already used with a different request")
+    return replay, False
+
+
+async def replay_stored(
+    pool: Pool, secret: KeySecret, request: KeyedRequest
+) -> web.Response | None:
+    """The stored reply to this very request, if one is kept; None if there is none."""
+    subject, key = request.subject, request.key
+    stored_key = secret.digest(subject, key)
+    async with pool.acquire() as conn:
+        stored = await conn.fetchrow(
+            "SELECT fingerprint, status, content_type, body,"
+            " created_at > now() - make_interval(mins => $3) AS recent"
+            " FROM idempotency_keys WHERE principal = $1 AND key = $2"
+            " AND created_at >= now() - make_interval(hours => $4)",
+            subject,
+            stored_key,
+            SECRET_REPLY_MINUTES,
+            RETENTION_HOURS,
+        )
+        if stored is None or stored["fingerprint"] != request.fingerprint:
+            return None
+        if stored["body"] is None or (request.shows_secret and not stored["recent"]):
+            # The request was carried out; the secret it returned is no longer kept.
+            await conn.execute(
+                "UPDATE idempotency_keys SET body = NULL WHERE principal = $1 AND key = $2",
                 subject,
                 stored_key,
             )
-    except _Refused as refused:
-        return refused.response
-    if stored is None or stored["fingerprint"] != fingerprint:
-        raise conflict("this Idempotency-Key was already used with a different request")
+            raise conflict(
+                "this Idempotency-Key's request was carried out, and its reply held a secret"
+                f" that is replayed for {SECRET_REPLY_MINUTES} minutes only"
+            )
     try:
-        body = _open(subject, key, stored["body"])
+        body = secret.open(subject, key, stored["body"])
     except InvalidTag:
-        raise conflict("this Idempotency-Key was already used with a different request") from None
+        return None
     replay = web.Response(status=stored["status"], body=body, content_type=stored["content_type"])
     replay.headers["Idempotent-Replayed"] = "true"
     return replay

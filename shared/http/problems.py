@@ -94,6 +94,8 @@ def invalid(field: str, message: str, detail: str | None = None) -> HTTPProblem:
 
 
 _LOCATION = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+# msgspec quotes the whole pattern, which tells a client nothing it can act on.
+_PATTERN = re.compile(r"^Expected `str` matching regex '.*'$", re.DOTALL)
 _NAMED_FIELD = re.compile(r"(?:missing required|contains unknown) field `(?P<name>[^`]+)`")
 
 
@@ -105,6 +107,8 @@ def field_of(error: msgspec.ValidationError, prefix: str = "") -> FieldError:
     if match:
         path = match.group("path")
         text = text[: match.start()]
+    if _PATTERN.match(text):
+        text = "Expected text of the allowed characters and form"
     named = _NAMED_FIELD.search(text)
     if named:
         path = f"{path}.{named.group('name')}"

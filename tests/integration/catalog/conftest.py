@@ -28,7 +28,7 @@ from shared.settings import Secret
 from tests.support.infra import Infra, temporary_database
 from tests.support.kafka import TopicReader
 from tests.support.keys import TokenKeys
-from tests.support.running import running_service
+from tests.support.running import running_service, settings_of
 from tests.support.waiting import wait_for
 
 _NO_BODY = object()
@@ -55,6 +55,18 @@ class Reply:
     def expect(self, status: int) -> Any:
         assert self.status == status, f"expected {status}, got {self.status}: {self.body}"
         return self.body
+
+
+def as_outsider_sees(offering: Mapping[str, Any]) -> dict[str, Any]:
+    """An offering as a caller who is party to none of its co-sell terms sees it."""
+    hidden = ("agreement_id", "share_bps")
+    return {
+        **offering,
+        "components": [
+            {k: v for k, v in component.items() if k not in hidden}
+            for component in offering["components"]
+        ],
+    }
 
 
 @dataclass(frozen=True)
@@ -272,21 +284,24 @@ def _decoded(record: Any, registry: EventRegistry) -> TopicEvent:
     return TopicEvent(bytes(record.key).decode(), envelope, registry.decode(envelope), value)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def catalog(infra: Infra, token_keys: TokenKeys) -> AsyncIterator[Catalog]:
+@asynccontextmanager
+async def running_catalog(
+    infra: Infra, keys: TokenKeys, **overrides: Any
+) -> AsyncIterator[Catalog]:
+    """The real catalog on a database and topic namespace of its own, and a client for it."""
     async with temporary_database(infra, "catalog") as dsn:
-        port = free_port()
-        settings = CatalogSettings(
-            database_url=dsn,
-            http_port=port,
-            operator_token=Secret(token_keys.operator_token),
-            token_public_key_file=token_keys.public_key_file,
-            token_signing_key_file=token_keys.private_key_file,
-            kafka_bootstrap=infra.kafka_bootstrap,
-            topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
-            agreement_expiry_check_seconds=0.2,
-            shutdown_timeout_seconds=5,
-        )
+        values: dict[str, Any] = {
+            "database_url": dsn,
+            "http_port": free_port(),
+            "operator_token": Secret(keys.operator_token),
+            "token_public_key_file": keys.public_key_file,
+            "token_signing_key_file": keys.private_key_file,
+            "kafka_bootstrap": infra.kafka_bootstrap,
+            "topic_prefix": f"t{uuid.uuid4().hex[:10]}.",
+            "shutdown_timeout_seconds": 5,
+            **overrides,
+        }
+        settings = settings_of(CatalogSettings, values)
         async with (
             running_service(
                 "catalog",
@@ -299,9 +314,22 @@ async def catalog(infra: Infra, token_keys: TokenKeys) -> AsyncIterator[Catalog]
         ):
             yield Catalog(
                 base_url=base_url,
-                operator_token=token_keys.operator_token,
+                operator_token=keys.operator_token,
                 database_url=dsn,
                 kafka_bootstrap=infra.kafka_bootstrap,
                 topic_prefix=settings.topic_prefix,
                 session=session,
             )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def catalog(infra: Infra, token_keys: TokenKeys) -> AsyncIterator[Catalog]:
+    async with running_catalog(
+        infra,
+        token_keys,
+        agreement_expiry_check_seconds=0.2,
+        # Tests sign up many customers from one address; tests/security checks the limit.
+        public_rate_limit_per_minute=100_000,
+        public_rate_limit_burst=10_000,
+    ) as running:
+        yield running

@@ -13,8 +13,6 @@ from datetime import UTC, datetime
 
 import pytest_asyncio
 
-from deploy.local.infra import free_port
-from services.orders.__main__ import EXTRA_MIGRATIONS, MIGRATIONS, OrdersSettings, compose
 from shared import account_generations, db
 from shared.contracts.catalog_accounts import (
     CustomerRegistered,
@@ -27,7 +25,7 @@ from shared.tokens import Principal, TokenVerifier
 from tests.integration.catalog.conftest import Catalog
 from tests.support.infra import Infra, temporary_database
 from tests.support.keys import TokenKeys
-from tests.support.running import running_service
+from tests.support.running import running_orders
 from tests.support.waiting import wait_for
 
 
@@ -36,29 +34,15 @@ async def orders_pool(
     infra: Infra, token_keys: TokenKeys, catalog: Catalog
 ) -> AsyncIterator[db.Pool]:
     """The orders service's database while orders runs beside the catalog."""
-    async with temporary_database(infra, "orders") as dsn:
-        settings = OrdersSettings(
-            database_url=dsn,
-            http_port=free_port(),
-            operator_token=Secret(token_keys.operator_token),
-            token_public_key_file=token_keys.public_key_file,
-            kafka_bootstrap=infra.kafka_bootstrap,
-            topic_prefix=catalog.topic_prefix,
-            shutdown_timeout_seconds=5,
-        )
-        async with running_service(
-            "orders",
-            settings,
-            migrations=MIGRATIONS,
-            topics=(),
-            compose=compose,
-            extra_migrations=EXTRA_MIGRATIONS,
-        ):
-            pool = await db.create_pool(dsn, min_size=1, max_size=4)
-            try:
-                yield pool
-            finally:
-                await pool.close()
+    async with (
+        temporary_database(infra, "orders") as dsn,
+        running_orders(infra, token_keys, dsn, topic_prefix=catalog.topic_prefix),
+    ):
+        pool = await db.create_pool(dsn, min_size=1, max_size=4)
+        try:
+            yield pool
+        finally:
+            await pool.close()
 
 
 def _principal(token: str, keys: TokenKeys) -> Principal:

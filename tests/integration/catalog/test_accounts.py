@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -369,3 +370,26 @@ async def test_issued_tokens_are_never_stored(catalog: Catalog) -> None:
                 if any(t in row["row"] or t.encode().hex() in row["row"] for t in tokens):
                     holding_a_token.add(table)
     assert holding_a_token == set()
+
+
+async def test_a_rotation_under_an_idempotency_key_refuses_the_old_token_at_once(
+    catalog: Catalog,
+) -> None:
+    partner = await catalog.onboard_partner()
+    path = f"/v1/partners/{partner.id}"
+
+    async def read_with_old_token() -> int:
+        return (await catalog.call("GET", path, token=partner.token)).status
+
+    # Readers with the old token keep the generation cache busy while the rotation commits.
+    readers = [asyncio.create_task(read_with_old_token()) for _ in range(20)]
+    rotated = await catalog.call(
+        "POST",
+        f"{path}/rotate-token",
+        token=partner.token,
+        headers={"Idempotency-Key": str(uuid.uuid4())},
+    )
+    rotated.expect(200)
+    await asyncio.gather(*readers)
+    for _ in range(5):
+        assert await read_with_old_token() == 401

@@ -170,3 +170,12 @@ async def test_an_unusable_key_is_refused(catalog: Catalog) -> None:
     )
     assert reply.status == 422
     assert reply.fields == ["Idempotency-Key"]
+
+
+async def test_a_random_key_still_replays_to_its_owner(catalog: Catalog) -> None:
+    body = {"name": unique("customer"), "email": f"{uuid.uuid4().hex}@example.com"}
+    key = str(uuid.uuid4())
+    first = await catalog.call("POST", "/v1/customers", body=body, headers={"Idempotency-Key": key})
+    again = await catalog.call("POST", "/v1/customers", body=body, headers={"Idempotency-Key": key})
+    assert first.expect(201) == again.expect(201)
+    assert again.headers.get("Idempotent-Replayed") == "true"

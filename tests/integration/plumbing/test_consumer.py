@@ -1,7 +1,7 @@
 """The idempotent consumer against a real broker and database.
 
 * killed mid-batch (SIGKILL, a real separate process) and restarted, it
-  applies every event exactly once;
+  applies every event exactly once, per event and in batch mode;
 * what it cannot decode or does not know, and what fails permanently, goes to
   ``<topic>.dlq`` with the error in headers, and the next message is processed;
 * a transient failure is retried and the event applied once.
@@ -29,11 +29,18 @@ from shared.contracts.envelope import (
 )
 from shared.ids import new_id
 from shared.outbox import kafka_headers
+from tests.support.consuming import (
+    caught_up,
+    count_effects,
+    dead_letters,
+    headers_of,
+    ping_message,
+    produce_pings,
+)
 from tests.support.events import TEST_PRODUCER, Ping
 from tests.support.infra import Infra, unique_name
 from tests.support.kafka import (
     NewTopic,
-    TopicReader,
     committed_offsets,
     end_offsets,
     group_caught_up,
@@ -44,22 +51,6 @@ from tests.support.waiting import wait_for
 
 Handler = Callable[[db.Connection, Envelope, Event], Awaitable[None]]
 FAST_RETRIES = RetryPolicy(max_attempts=3, first_backoff=0.01, max_backoff=0.05)
-
-
-def ping_message(n: int, key: str) -> tuple[bytes, bytes, Envelope]:
-    envelope = new_envelope(Ping(n=n), key=key, producer=TEST_PRODUCER)
-    return key.encode(), encode_envelope(envelope), envelope
-
-
-async def produce_pings(infra: Infra, topic: str, numbers: range, keys: int) -> list[Envelope]:
-    made = [ping_message(n, f"key-{n % keys}") for n in numbers]
-    await produce(infra.kafka_bootstrap, topic, [(key, value) for key, value, _ in made])
-    return [envelope for _, _, envelope in made]
-
-
-async def count_effects(pool: db.Pool) -> int:
-    count: int = await pool.fetchval("SELECT count(*) FROM effects")
-    return count
 
 
 async def record_effect(conn: db.Connection, envelope: Envelope, event: Event) -> None:
@@ -74,24 +65,39 @@ async def record_effect(conn: db.Connection, envelope: Envelope, event: Event) -
 EVENTS = 450
 
 
+@pytest.mark.parametrize("mode", ["per-event", "batch"])
 async def test_a_consumer_killed_mid_batch_applies_every_event_once_after_restart(
-    infra: Infra, pool: db.Pool, plumbing_db: str, new_topic: NewTopic, processes: Processes
+    infra: Infra,
+    pool: db.Pool,
+    plumbing_db: str,
+    new_topic: NewTopic,
+    processes: Processes,
+    mode: str,
 ) -> None:
     topic = await new_topic(partitions=3)
     envelopes = await produce_pings(infra, topic, range(EVENTS), keys=30)
     assert len(await end_offsets(infra.kafka_bootstrap, topic)) == 3
     name = unique_name("killed")
-    args = (plumbing_db, infra.kafka_bootstrap, topic, name, "0.01")
+    # Work inside each transaction: 0.01 s per event, or 0.3 s per chunk of 50.
+    work = ("0.01",) if mode == "per-event" else ("0.3", "batch")
+    args = (plumbing_db, infra.kafka_bootstrap, topic, name, *work)
 
     first = processes.start("tests.support.consumer_process", *args, name="consumer-1")
 
-    async def applied_but_uncommitted() -> tuple[int, int] | None:
+    async def applied_but_uncommitted() -> bool:
         committed = sum((await committed_offsets(infra.kafka_bootstrap, name, topic)).values())
         applied = await count_effects(pool)
-        return (applied, committed) if applied >= 30 and applied - committed >= 10 else None
+        return applied >= 30 and applied - committed >= 10
+
+    async def inside_a_chunk() -> bool:
+        # Some chunks committed, and another chunk's transaction open right now.
+        return await count_effects(pool) > 0 and await pool.fetchval(
+            "SELECT count(*) > 0 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'"
+            " AND state = 'active' AND datname = current_database()"
+        )
 
     await wait_for(
-        applied_but_uncommitted,
+        applied_but_uncommitted if mode == "per-event" else inside_a_chunk,
         timeout=30,
         interval=0.02,
         ignore=(KafkaError,),
@@ -101,9 +107,10 @@ async def test_a_consumer_killed_mid_batch_applies_every_event_once_after_restar
 
     applied = await count_effects(pool)
     committed = sum((await committed_offsets(infra.kafka_bootstrap, name, topic)).values())
-    # The kill landed mid-batch: some applied events' offsets were never committed,
-    # so Kafka will deliver them again.
-    assert committed < applied < EVENTS
+    # The kill landed mid-batch: some applied events' offsets were never committed
+    # (per event), or a chunk's transaction was cut short (batch); either way Kafka
+    # delivers them again.
+    assert committed < applied < EVENTS if mode == "per-event" else 0 < applied < EVENTS
 
     second = processes.start("tests.support.consumer_process", *args, name="consumer-2")
 
@@ -163,29 +170,6 @@ async def consuming(
         consumer.stop()
         await asyncio.wait_for(running, 15)
         await producer.stop()
-
-
-async def caught_up(infra: Infra, name: str, topic: str) -> None:
-    await wait_for(
-        lambda: group_caught_up(infra.kafka_bootstrap, name, topic),
-        interval=0.1,
-        ignore=(KafkaError,),
-        message="the consumer did not get through the topic",
-    )
-
-
-async def dead_letters(infra: Infra, topic: str, expected: int) -> list[object]:
-    async with TopicReader(infra.kafka_bootstrap, f"{topic}.dlq") as reader:
-
-        async def all_there() -> bool:
-            return len(await reader.poll()) >= expected
-
-        await wait_for(all_there, message=f"fewer than {expected} dead letters")
-        return list(reader.records)
-
-
-def headers_of(record: object) -> dict[str, str]:
-    return {key: bytes(value).decode() for key, value in getattr(record, "headers", ())}
 
 
 async def test_undecodable_and_unknown_messages_are_dead_lettered_and_the_next_is_processed(

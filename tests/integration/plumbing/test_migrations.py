@@ -44,6 +44,7 @@ async def test_migrations_apply_once_and_a_rerun_applies_nothing(
     write(folder, "0002_balances.sql", "CREATE TABLE balances (id text, amount bigint);")
     sources = [("plumbing", PLUMBING_MIGRATIONS), ("svc", folder)]
 
+    # Every plumbing migration there is (they grow), then the service's own.
     plumbing = discover("plumbing", PLUMBING_MIGRATIONS)
     applied = await migrate(conn, sources)
     assert applied == [

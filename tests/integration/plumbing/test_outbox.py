@@ -10,7 +10,6 @@ until the test SIGKILLs it.
 from __future__ import annotations
 
 import asyncio
-import warnings
 from collections import defaultdict
 
 import asyncpg
@@ -20,7 +19,7 @@ from aiokafka.errors import KafkaError
 from shared import db, kafka
 from shared.consumer import IdempotentConsumer
 from shared.contracts.envelope import Envelope, Event, EventRegistry, decode_envelope
-from shared.outbox import OutboxRelay, append
+from shared.outbox import append
 from tests.support.events import TEST_PRODUCER, Ping, ping_topic
 from tests.support.infra import Infra, unique_name
 from tests.support.kafka import NewTopic, TopicReader, group_caught_up
@@ -178,30 +177,3 @@ async def apply_all_with_an_idempotent_consumer(infra: Infra, pool: db.Pool, top
             "SELECT count(*) FROM processed_events WHERE consumer = $1", name
         )
     assert duplicates == EVENTS
-
-
-async def test_a_stopped_relay_leaves_no_listener_on_its_pooled_connection(
-    infra: Infra, pool: db.Pool
-) -> None:
-    producer = kafka.new_producer(infra.kafka_bootstrap, client_id=unique_name("relay"))
-    await producer.start()
-    relay = OutboxRelay(pool, producer, idle_poll_seconds=0.05)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            running = asyncio.create_task(relay.run())
-
-            async def listening() -> bool:
-                found = await pool.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
-                )
-                return bool(found)
-
-            await wait_for(listening, message="the relay never started listening")
-            relay.stop()
-            await asyncio.wait_for(running, 10)
-    finally:
-        await producer.stop()
-    released_listening = [w for w in caught if "active notification listener" in str(w.message)]
-    assert released_listening == [], [str(w.message) for w in released_listening]

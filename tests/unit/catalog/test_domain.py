@@ -170,7 +170,7 @@ def test_an_unknown_partner_is_named() -> None:
         pytest.param(
             {"agr_msp": agreement(grantee=STRANGER)},
             "agr_msp",
-            "not granted to this offering's owner",
+            "no agreement",
             id="granted to someone else",
         ),
         pytest.param({"agr_msp": agreement(status="revoked")}, "agr_msp", "revoked", id="revoked"),

@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 # PyYAML ships without type hints (types-PyYAML would add them).
-import yaml  # type: ignore[import-untyped,unused-ignore]
+import yaml
 
 from deploy.k8s import wait_for_topics
 from services.catalog.__main__ import CatalogSettings

@@ -1,0 +1,65 @@
+"""Per-client-address rate limit on public (unauthenticated) endpoints.
+
+A token bucket per address: ``burst`` requests at once, refilled at
+``per_minute``.  Over the limit a request answers 429 problem+json with
+``Retry-After`` before its body is read.  The buckets live in the process, so
+with N replicas behind a balancer a client gets up to N times the limit; the
+address is the TCP peer (a proxy in front must be trusted to do its own
+limiting, since ``X-Forwarded-For`` is whatever a client writes).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shared.http.problems import HTTPProblem
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    per_minute: float = 30.0
+    burst: int = 10
+
+    @property
+    def enabled(self) -> bool:
+        return self.per_minute > 0
+
+
+class RateLimiter:
+    # Enough addresses for a busy front door; the least recently seen are dropped first,
+    # which at worst gives a dropped address a fresh bucket.
+    MAX_ADDRESSES = 100_000
+
+    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
+        self._limit = limit
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def admit(self, address: str) -> None:
+        """Take one request from ``address``'s bucket, or raise 429."""
+        if not self._limit.enabled:
+            return
+        now = self._clock()
+        rate = self._limit.per_minute / 60.0
+        tokens, seen = self._buckets.pop(address, (float(self._limit.burst), now))
+        tokens = min(float(self._limit.burst), tokens + (now - seen) * rate)
+        if tokens < 1.0:
+            self._remember(address, tokens, now)
+            retry_after = max(1, math.ceil((1.0 - tokens) / rate))
+            raise HTTPProblem(
+                429,
+                "Too many requests",
+                f"this endpoint allows {self._limit.burst} requests at once and"
+                f" {self._limit.per_minute:g} a minute per client; retry after {retry_after} s",
+                headers={"Retry-After": str(retry_after)},
+            )
+        self._remember(address, tokens - 1.0, now)
+
+    def _remember(self, address: str, tokens: float, now: float) -> None:
+        self._buckets[address] = (tokens, now)
+        while len(self._buckets) > self.MAX_ADDRESSES:
+            self._buckets.popitem(last=False)

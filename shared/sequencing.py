@@ -1,0 +1,244 @@
+"""Applying an aggregate's events in its own sequence (1, 2, 3 ... per key).
+
+A consumer that asks for sequencing keeps, per ``(consumer, topic, key)``, the
+last sequence number it applied (``consumer_positions``), written in the same
+transaction as the effects.  Two modes:
+
+* ``"strict"`` (a topic whose consumers need every step, such as the orders
+  topic keyed by order id): the next number applies; an older or repeated one
+  is stale and skipped; a later one is *parked* (``parked_events``), never
+  applied out of order, and released, in order and in the same transaction,
+  as soon as the missing one applies.  A gap that never fills (its event was
+  dead-lettered, say) keeps its successors parked for an operator to see with
+  ``parked_events``.
+* ``"latest"`` (compacted full-state topics such as ``catalog.*``): an event
+  applies only if it is newer than the last applied for its key; gaps are
+  normal (compaction removed the steps between), so nothing is parked.
+
+Events without a sequence (older producers, topics without one) pass through
+untouched.  The decisions are pure functions (``verdict``, ``plan``); ``admit``
+wraps them in the queries.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from shared.contracts.envelope import Envelope, Event
+from shared.db import Connection
+
+Sequencing = Literal["strict", "latest"]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event handed to a consumer's handler, with the envelope it came in."""
+
+    envelope: Envelope
+    event: Event
+
+
+class Verdict(enum.Enum):
+    APPLY = "apply"
+    STALE = "stale"  # already applied, or older than what was: skip
+    PARK = "park"  # ahead of a gap: keep until the gap fills
+
+
+def verdict(mode: Sequencing, last_applied: int, sequence: int) -> Verdict:
+    """What to do with ``sequence`` when ``last_applied`` (0: none yet) is the key's position."""
+    if sequence <= last_applied:
+        return Verdict.STALE
+    if mode == "latest" or sequence == last_applied + 1:
+        return Verdict.APPLY
+    return Verdict.PARK
+
+
+@dataclass
+class Plan:
+    """What one transaction does with a chunk's new events, in the order to apply them."""
+
+    apply: list[Delivery] = field(default_factory=list)
+    positions: dict[str, int] = field(default_factory=dict)  # key -> new last applied
+    park: list[Delivery] = field(default_factory=list)
+    released: list[tuple[str, int]] = field(default_factory=list)  # parked rows now applied
+    stale: int = 0
+
+
+def plan(
+    mode: Sequencing,
+    positions: dict[str, int],
+    parked: dict[str, dict[int, Delivery]],
+    fresh: Sequence[Delivery],
+) -> Plan:
+    """Decide, for events in offset order, which apply (and in what order), skip or park.
+
+    ``positions`` holds the keys' last applied sequences, ``parked`` what each
+    key has waiting already; neither is modified.
+    """
+    result = Plan()
+    last = dict(positions)
+    waiting = {key: dict(by_sequence) for key, by_sequence in parked.items()}
+    parked_now: dict[tuple[str, int], Delivery] = {}
+    for delivery in fresh:
+        sequence = delivery.envelope.sequence
+        if sequence is None:
+            result.apply.append(delivery)
+            continue
+        key = delivery.envelope.key
+        decision = verdict(mode, last.get(key, 0), sequence)
+        if decision is Verdict.STALE:
+            result.stale += 1
+        elif decision is Verdict.PARK:
+            if sequence in waiting.setdefault(key, {}):
+                result.stale += 1  # a second event claiming a number already waiting
+            else:
+                waiting[key][sequence] = delivery
+                parked_now[(key, sequence)] = delivery
+        else:
+            result.apply.append(delivery)
+            last[key] = sequence
+            _release_successors(key, last, waiting.get(key, {}), parked_now, result)
+    result.positions = {key: seq for key, seq in last.items() if positions.get(key) != seq}
+    result.park = list(parked_now.values())
+    return result
+
+
+def _release_successors(
+    key: str,
+    last: dict[str, int],
+    waiting: dict[int, Delivery],
+    parked_now: dict[tuple[str, int], Delivery],
+    result: Plan,
+) -> None:
+    while (successor := waiting.pop(last[key] + 1, None)) is not None:
+        last[key] += 1
+        result.apply.append(successor)
+        if parked_now.pop((key, last[key]), None) is None:
+            result.released.append((key, last[key]))
+
+
+@dataclass(frozen=True)
+class Admission:
+    """``plan`` carried out: what the handler applies, and what was skipped or parked."""
+
+    apply: list[Delivery]
+    stale: int
+    parked: int
+    released: int
+
+
+Decode = Callable[[bytes], Delivery]
+
+
+async def admit(
+    conn: Connection,
+    *,
+    consumer: str,
+    topic: str,
+    mode: Sequencing,
+    fresh: Sequence[Delivery],
+    messages: dict[str, bytes],
+    decode: Decode,
+) -> Admission:
+    """Sequence ``fresh`` (one topic, offset order) inside the caller's transaction.
+
+    ``messages`` maps event ids to the raw messages, stored when an event is
+    parked; ``decode`` turns a stored message back into a ``Delivery``.
+    """
+    keys = sorted({d.envelope.key for d in fresh if d.envelope.sequence is not None})
+    if not keys:
+        return Admission(list(fresh), stale=0, parked=0, released=0)
+    rows = await conn.fetch(
+        "SELECT key, sequence FROM consumer_positions"
+        " WHERE consumer = $1 AND topic = $2 AND key = ANY($3::text[])",
+        consumer,
+        topic,
+        keys,
+    )
+    positions: dict[str, int] = {row["key"]: row["sequence"] for row in rows}
+    waiting: dict[str, dict[int, Delivery]] = {}
+    if mode == "strict":
+        for row in await conn.fetch(
+            "SELECT key, sequence, message FROM parked_events"
+            " WHERE consumer = $1 AND topic = $2 AND key = ANY($3::text[])",
+            consumer,
+            topic,
+            keys,
+        ):
+            waiting.setdefault(row["key"], {})[row["sequence"]] = decode(row["message"])
+    decided = plan(mode, positions, waiting, fresh)
+    if decided.positions:
+        await conn.execute(
+            "INSERT INTO consumer_positions (consumer, topic, key, sequence)"
+            " SELECT $1, $2, unnest($3::text[]), unnest($4::bigint[])"
+            " ON CONFLICT (consumer, topic, key)"
+            " DO UPDATE SET sequence = EXCLUDED.sequence, updated_at = now()",
+            consumer,
+            topic,
+            list(decided.positions),
+            list(decided.positions.values()),
+        )
+    if decided.park:
+        await conn.execute(
+            "INSERT INTO parked_events (consumer, topic, key, sequence, event_id, message)"
+            " SELECT $1, $2, unnest($3::text[]), unnest($4::bigint[]),"
+            " unnest($5::text[]), unnest($6::bytea[])",
+            consumer,
+            topic,
+            [d.envelope.key for d in decided.park],
+            [d.envelope.sequence for d in decided.park],
+            [d.envelope.event_id for d in decided.park],
+            [messages[d.envelope.event_id] for d in decided.park],
+        )
+    if decided.released:
+        await conn.execute(
+            "DELETE FROM parked_events WHERE consumer = $1 AND topic = $2"
+            " AND (key, sequence) IN (SELECT unnest($3::text[]), unnest($4::bigint[]))",
+            consumer,
+            topic,
+            [key for key, _ in decided.released],
+            [sequence for _, sequence in decided.released],
+        )
+    return Admission(
+        decided.apply,
+        stale=decided.stale,
+        parked=len(decided.park),
+        released=len(decided.released),
+    )
+
+
+@dataclass(frozen=True)
+class ParkedEvent:
+    topic: str
+    key: str
+    sequence: int
+    event_id: str
+    parked_at: datetime
+    waiting_for: int  # the sequence number whose absence holds this event back
+
+
+async def parked_events(conn: Connection, consumer: str) -> list[ParkedEvent]:
+    """What ``consumer`` holds back, per aggregate in sequence order: for operators and tests."""
+    rows = await conn.fetch(
+        "SELECT p.topic, p.key, p.sequence, p.event_id, p.parked_at,"
+        " coalesce(c.sequence, 0) + 1 AS waiting_for"
+        " FROM parked_events p LEFT JOIN consumer_positions c"
+        " ON c.consumer = p.consumer AND c.topic = p.topic AND c.key = p.key"
+        " WHERE p.consumer = $1 ORDER BY p.topic, p.key, p.sequence",
+        consumer,
+    )
+    return [
+        ParkedEvent(
+            topic=row["topic"],
+            key=row["key"],
+            sequence=row["sequence"],
+            event_id=row["event_id"],
+            parked_at=row["parked_at"],
+            waiting_for=row["waiting_for"],
+        )
+        for row in rows
+    ]

@@ -1,0 +1,286 @@
+"""The batch consumer and per-aggregate sequencing against a real broker and database.
+
+* re-reading the whole topic (offsets lost) applies nothing twice (killed
+  with SIGKILL mid-chunk: see test_consumer.py);
+* one poison event in a chunk of 500 lands alone in the DLQ and the other 499 apply;
+* the database ending the session is retried past the attempt limit, nothing dead-lettered;
+* a partition in long backoff neither delays another partition nor causes a rebalance;
+* "strict": an event ahead of a gap is parked, not applied, and applies (in
+  order) once the gap fills; stale and duplicated sequence numbers are skipped;
+* "latest": an event older than the last applied for its key is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
+
+from shared import db, kafka
+from shared.consumer import BatchConsumer, Delivery, RetryPolicy
+from shared.contracts.envelope import EventRegistry
+from shared.sequencing import Sequencing, parked_events
+from tests.support.consuming import (
+    caught_up,
+    count_effects,
+    dead_letters,
+    headers_of,
+    ping_message,
+    produce_pings,
+)
+from tests.support.events import Ping
+from tests.support.infra import Infra, unique_name
+from tests.support.kafka import NewTopic, produce
+from tests.support.waiting import wait_for
+
+BatchHandler = Callable[[db.Connection, Sequence[Delivery]], Awaitable[None]]
+FAST_RETRIES = RetryPolicy(max_attempts=3, first_backoff=0.01, max_backoff=0.05)
+
+
+async def insert_effects(conn: db.Connection, deliveries: Sequence[Delivery]) -> None:
+    pings = [d.event for d in deliveries if isinstance(d.event, Ping)]
+    assert len(pings) == len(deliveries)
+    await conn.execute(
+        "INSERT INTO effects (event_id, n) SELECT unnest($1::text[]), unnest($2::int[])",
+        [d.envelope.event_id for d in deliveries],
+        [ping.n for ping in pings],
+    )
+
+
+@contextlib.asynccontextmanager
+async def batch_consuming(
+    infra: Infra,
+    pool: db.Pool,
+    topic: str,
+    handler: BatchHandler,
+    *,
+    name: str | None = None,
+    group_id: str | None = None,
+    retry: RetryPolicy = FAST_RETRIES,
+    sequencing: Sequencing | None = None,
+) -> AsyncIterator[BatchConsumer]:
+    """Run a BatchConsumer on ``topic`` for the block."""
+    name = name or unique_name("batch")
+    producer = kafka.new_producer(infra.kafka_bootstrap, client_id=name)
+    await producer.start()
+    consumer = BatchConsumer(
+        name=name,
+        bootstrap=infra.kafka_bootstrap,
+        topics=[topic],
+        registry=EventRegistry([Ping]),
+        handler=handler,
+        pool=pool,
+        producer=producer,
+        group_id=group_id,
+        retry=retry,
+        sequencing=sequencing,
+    )
+    running = asyncio.create_task(consumer.run())
+    try:
+        yield consumer
+        assert not running.done(), "the consumer stopped by itself"
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(running, 15)
+        await producer.stop()
+
+
+def consumed(name: str, outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "events_consumed_total", {"consumer": name, "outcome": outcome}
+    )
+    return value or 0.0
+
+
+# --------------------------------------------------------------------------- redelivery
+
+
+async def test_reading_the_whole_topic_again_applies_nothing_twice(
+    infra: Infra, pool: db.Pool, new_topic: NewTopic
+) -> None:
+    """What a crash between the database commit and the offset commit leads to, for every event."""
+    topic = await new_topic(partitions=2)
+    await produce_pings(infra, topic, range(300), keys=7)
+    name = unique_name("reread")
+    async with batch_consuming(infra, pool, topic, insert_effects, name=name):
+        await caught_up(infra, name, topic)
+    # The same consumer under a group that committed nothing: every offset is redelivered.
+    async with batch_consuming(
+        infra, pool, topic, insert_effects, name=name, group_id=f"{name}-again"
+    ):
+        await caught_up(infra, f"{name}-again", topic)
+    assert await count_effects(pool) == 300
+    assert consumed(name, "duplicate") == 300
+
+
+# --------------------------------------------------------------------------- isolating a poison
+
+
+async def test_one_poison_event_in_a_chunk_of_500_is_dead_lettered_alone(
+    infra: Infra, pool: db.Pool, new_topic: NewTopic
+) -> None:
+    topic = await new_topic(partitions=1)
+    envelopes = await produce_pings(infra, topic, range(500), keys=1)
+    poison = envelopes[317]
+    chunk_sizes: list[int] = []
+    alone = 0
+
+    async def refuse_317(conn: db.Connection, deliveries: Sequence[Delivery]) -> None:
+        nonlocal alone
+        chunk_sizes.append(len(deliveries))
+        await insert_effects(conn, deliveries)
+        if any(d.envelope.event_id == poison.event_id for d in deliveries):
+            alone += len(deliveries) == 1
+            raise ValueError("cannot apply 317")
+
+    async with batch_consuming(infra, pool, topic, refuse_317) as consumer:
+        await caught_up(infra, consumer.name, topic)
+
+    assert chunk_sizes[0] == 500  # the whole chunk was tried in one transaction first
+    (letter,) = await dead_letters(infra, topic, 1)
+    assert headers_of(letter)["dlq-error-class"] == "ValueError"
+    assert headers_of(letter)["dlq-original-offset"] == "317"
+    ns = sorted(row["n"] for row in await pool.fetch("SELECT n FROM effects"))
+    assert ns == [n for n in range(500) if n != 317]
+    assert consumed(consumer.name, "applied") == 499
+    # Bisecting: about log2(500) failing transactions plus the poison's own attempts.
+    assert alone == FAST_RETRIES.max_attempts
+    assert len(chunk_sizes) < 40
+
+
+async def test_a_lost_database_connection_is_retried_past_the_attempt_limit(
+    infra: Infra, pool: db.Pool, new_topic: NewTopic
+) -> None:
+    topic = await new_topic(partitions=1)
+    await produce_pings(infra, topic, range(50), keys=5)
+    kills = 0
+
+    async def lose_the_connection_again_and_again(
+        conn: db.Connection, deliveries: Sequence[Delivery]
+    ) -> None:
+        nonlocal kills
+        await insert_effects(conn, deliveries)
+        if kills < 2 * FAST_RETRIES.max_attempts:
+            kills += 1
+            # The server ends this very session, as a restart would.
+            await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    async with batch_consuming(infra, pool, topic, lose_the_connection_again_and_again) as consumer:
+        await caught_up(infra, consumer.name, topic)
+
+    assert kills == 2 * FAST_RETRIES.max_attempts
+    assert sorted(row["n"] for row in await pool.fetch("SELECT n FROM effects")) == list(range(50))
+    assert consumed(consumer.name, "dead_lettered") == 0
+
+
+# --------------------------------------------------------------------------- partitions apart
+
+
+async def test_a_partition_in_long_backoff_neither_delays_another_nor_rebalances(
+    infra: Infra, pool: db.Pool, new_topic: NewTopic
+) -> None:
+    topic = await new_topic(partitions=2)
+    failing = ping_message(0, "stuck")
+    slow_retries = RetryPolicy(max_attempts=2, first_backoff=10.0, max_backoff=10.0)
+    tried = asyncio.Event()
+
+    async def fail_zero(conn: db.Connection, deliveries: Sequence[Delivery]) -> None:
+        if any(d.envelope.event_id == failing[2].event_id for d in deliveries):
+            tried.set()
+            raise RuntimeError("downstream refuses 0")
+        await insert_effects(conn, deliveries)
+
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, failing[1], key=failing[0], partition=0)
+        async with batch_consuming(infra, pool, topic, fail_zero, retry=slow_retries) as consumer:
+            await asyncio.wait_for(tried.wait(), 20)
+            others = [ping_message(n, f"other-{n}") for n in range(1, 21)]
+            for key, value, _ in others:
+                await producer.send_and_wait(topic, value, key=key, partition=1)
+            await wait_for(
+                lambda: pool.fetchval("SELECT count(*) = 20 FROM effects"),
+                timeout=5,
+                message="partition 1 waited for partition 0's backoff",
+            )
+            # Applied while partition 0 still waits out its first backoff (5-10 s):
+            # its event has not been given up on yet.
+            assert consumed(consumer.name, "dead_lettered") == 0
+            (letter,) = await dead_letters(infra, topic, 1)
+            await caught_up(infra, consumer.name, topic)
+            assert consumer.assignments == 1  # polling went on: no rebalance
+    finally:
+        await producer.stop()
+    assert headers_of(letter)["dlq-original-partition"] == "0"
+
+
+# --------------------------------------------------------------------------- sequencing
+
+
+async def produce_sequenced(infra: Infra, topic: str, steps: list[tuple[str, int, int]]) -> None:
+    """(key, sequence, n) messages, in the given order."""
+    await produce(
+        infra.kafka_bootstrap,
+        topic,
+        [ping_message(n, key, sequence)[:2] for key, sequence, n in steps],
+    )
+
+
+async def test_strict_parks_an_event_ahead_of_a_gap_and_applies_it_in_order_once_filled(
+    infra: Infra, pool: db.Pool, new_topic: NewTopic
+) -> None:
+    topic = await new_topic(partitions=1)
+    handed: list[list[tuple[str, int | None]]] = []
+
+    async def record(conn: db.Connection, deliveries: Sequence[Delivery]) -> None:
+        handed.append([(d.envelope.key, d.envelope.sequence) for d in deliveries])
+        await insert_effects(conn, deliveries)
+
+    async with batch_consuming(infra, pool, topic, record, sequencing="strict") as consumer:
+        await produce_sequenced(infra, topic, [("o1", 1, 1), ("o1", 3, 3), ("o1", 4, 4)])
+        await caught_up(infra, consumer.name, topic)
+        async with pool.acquire() as conn:
+            parked = await parked_events(conn, consumer.name)
+        assert [(p.key, p.sequence, p.waiting_for) for p in parked] == [("o1", 3, 2), ("o1", 4, 2)]
+        assert [row["n"] for row in await pool.fetch("SELECT n FROM effects")] == [1]
+
+        # The missing one, then a stale repeat of 2 (a new event id) and of 1.
+        await produce_sequenced(infra, topic, [("o1", 2, 2)])
+        await caught_up(infra, consumer.name, topic)
+        await produce_sequenced(infra, topic, [("o1", 2, 20), ("o1", 1, 10), ("o1", 5, 5)])
+        await caught_up(infra, consumer.name, topic)
+
+        rows = await pool.fetch("SELECT n FROM effects ORDER BY applied_at, n")
+        assert [row["n"] for row in rows] == [1, 2, 3, 4, 5]
+        assert [("o1", 2), ("o1", 3), ("o1", 4)] in handed  # released in sequence order
+        async with pool.acquire() as conn:
+            assert await parked_events(conn, consumer.name) == []
+        assert consumed(consumer.name, "stale") == 2
+        assert consumed(consumer.name, "parked") == 2
+        position = await pool.fetchval(
+            "SELECT sequence FROM consumer_positions WHERE consumer = $1 AND key = 'o1'",
+            consumer.name,
+        )
+        assert position == 5
+
+
+async def test_latest_skips_what_is_older_than_the_last_applied_and_allows_gaps(
+    infra: Infra, pool: db.Pool, new_topic: NewTopic
+) -> None:
+    topic = await new_topic(partitions=1)
+    async with batch_consuming(infra, pool, topic, insert_effects, sequencing="latest") as c:
+        await produce_sequenced(
+            infra,
+            topic,
+            [("a", 5, 5), ("a", 3, 3), ("b", 2, 2), ("a", 7, 7), ("a", 6, 6), ("a", 7, 70)],
+        )
+        await produce(infra.kafka_bootstrap, topic, [ping_message(100, "a")[:2]])  # unsequenced
+        await caught_up(infra, c.name, topic)
+        assert consumed(c.name, "stale") == 3
+        assert consumed(c.name, "parked") == 0
+    rows = await pool.fetch("SELECT n FROM effects")
+    assert sorted(row["n"] for row in rows) == [2, 5, 7, 100]

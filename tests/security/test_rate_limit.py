@@ -1,0 +1,36 @@
+"""Item 6: public endpoints are rate-limited per client address."""
+
+from __future__ import annotations
+
+import uuid
+
+import aiohttp
+
+from tests.integration.catalog.conftest import Catalog, unique
+
+
+def _sign_up_body() -> dict[str, str]:
+    return {"name": unique("customer"), "email": f"{uuid.uuid4().hex}@example.com"}
+
+
+async def test_sign_ups_over_the_limit_answer_429_with_retry_after(
+    limited_catalog: Catalog,
+) -> None:
+    # The limited catalog allows a burst of 5 sign-ups per address, then 6 a minute.
+    replies = [
+        await limited_catalog.call("POST", "/v1/customers", body=_sign_up_body()) for _ in range(8)
+    ]
+    statuses = [reply.status for reply in replies]
+    assert statuses[:5] == [201] * 5, statuses
+    assert 429 in statuses[5:], statuses
+    refused = next(reply for reply in replies if reply.status == 429)
+    assert refused.headers["Content-Type"].startswith("application/problem+json")
+    assert int(refused.headers["Retry-After"]) >= 1
+
+    # Another client address is not held back by this one.
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with (
+        aiohttp.ClientSession(connector=connector) as other,
+        other.post(limited_catalog.base_url + "/v1/customers", json=_sign_up_body()) as reply,
+    ):
+        assert reply.status == 201
