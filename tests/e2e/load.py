@@ -355,6 +355,7 @@ def plan_mismatches(
                 problems.append(f"{entry.order_id}: cancelled but not compensated: {statuses}")
         if status == "fulfilled" and set(statuses.values()) != {"completed"}:
             problems.append(f"{entry.order_id}: fulfilled with fulfilments {statuses}")
-        if len(statuses) != len(plan.partners):
-            problems.append(f"{entry.order_id}: {len(statuses)} fulfilments, one per partner?")
+        asked = sorted(f["partner_id"] for f in order["fulfillments"])
+        if len(asked) != len(plan.partners) or len(set(asked)) != len(asked):
+            problems.append(f"{entry.order_id}: fulfilments for {asked}, not one per partner")
     return problems
