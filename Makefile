@@ -45,8 +45,15 @@ test: lint typecheck
 
 bench: deps
 	uv run python -m bench.catalog_browse
+	uv run python -m bench.orders_place --profile
 
-# Consumers (and, once there, the relay) beside raw Kafka and PostgreSQL; uses
+# Consumers and the relay beside raw Kafka and PostgreSQL; uses
 # TEST_KAFKA_BOOTSTRAP/TEST_PG_DSN when set, else starts its own servers.
 bench-plumbing: deps
 	uv run python -m bench.plumbing
+
+# A co-sell day played against the marketplace `make run` started; flags via
+# ARGS, e.g. make demo ARGS="--orders 500 --concurrency 32 --seed 3".
+.PHONY: demo
+demo: deps
+	uv run python -m deploy.demo $(ARGS)

@@ -41,6 +41,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -90,6 +92,57 @@ async def append(
         sequence,
     )
     return envelope
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One event for ``append_all``: what ``append`` takes, as a value."""
+
+    topic: Topic
+    event: Event
+    key: str
+    sequence: int | None = None
+
+
+async def append_all(
+    conn: Connection, entries: Sequence[Entry], *, producer: str, causation_id: str | None = None
+) -> list[Envelope]:
+    """``append`` for several events in one round trip, in the order given.
+
+    A use case that records many events at once (an order fanned out to
+    every partner) pays one statement instead of two per event.
+    """
+    envelopes = []
+    for entry in entries:
+        if type(entry.event) not in entry.topic.events:
+            raise TypeError(f"{type(entry.event).__name__} does not belong on {entry.topic.name}")
+        envelopes.append(
+            new_envelope(
+                entry.event,
+                key=entry.key,
+                producer=producer,
+                correlation_id=logs.correlation_id.get(),
+                causation_id=causation_id,
+                sequence=entry.sequence,
+            )
+        )
+    if not envelopes:
+        return envelopes
+    # WITH ORDINALITY keeps the ids in the order given.
+    await conn.execute(
+        "INSERT INTO outbox (event_id, topic, key, event_type, payload, sequence)"
+        " SELECT e.event_id, e.topic, e.key, e.event_type, e.payload, e.sequence"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[])"
+        " WITH ORDINALITY AS e(event_id, topic, key, event_type, payload, sequence, position)"
+        " ORDER BY e.position",
+        [envelope.event_id for envelope in envelopes],
+        [entry.topic.name for entry in entries],
+        [entry.key for entry in entries],
+        [envelope.type for envelope in envelopes],
+        [encode_envelope(envelope) for envelope in envelopes],
+        [entry.sequence for entry in entries],
+    )
+    return envelopes
 
 
 def kafka_headers(event_type: str, event_id: str) -> list[tuple[str, bytes]]:

@@ -110,6 +110,7 @@ def up(args: argparse.Namespace) -> int:
     for service, port in SERVICES.items():
         print(f"{service:<11} http://127.0.0.1:{port}  (log {state}/services/{service}.log)")
     print(f"operator token: export OPERATOR_TOKEN=$(cat {state}/keys/operator_token)")
+    print("next: make demo")
     return 0
 
 

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from deploy.local import infra as local
-from services.orders.__main__ import OrdersSettings, compose
+from services.orders.__main__ import EXTRA_MIGRATIONS, TOPICS, OrdersSettings, compose
 from shared.service import run_service
 from shared.settings import Secret
 from tests.support.infra import Infra, local_state_dir
@@ -72,8 +72,9 @@ async def test_readyz_follows_the_database_without_a_restart(
             name="orders",
             settings=settings,
             migrations=ORDERS_MIGRATIONS,
-            topics=(),
+            topics=TOPICS,
             compose=compose,
+            extra_migrations=EXTRA_MIGRATIONS,
             stop=stop,
         )
     )

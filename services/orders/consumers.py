@@ -1,0 +1,41 @@
+"""Kafka subscriptions of the orders service: decode, then the use case."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+
+from services.orders import handlers
+from shared.consumer import BatchConsumer
+from shared.contracts import catalog_agreements, catalog_offerings
+from shared.contracts.envelope import EventRegistry
+from shared.db import Connection, Pool
+from shared.sequencing import Delivery
+
+CATALOG_TOPICS = (catalog_offerings.TOPIC, catalog_agreements.TOPIC)
+
+
+async def _apply(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+    for delivery in deliveries:
+        await handlers.apply_catalog_event(conn, delivery.event)
+
+
+def catalog_copy(
+    *, bootstrap: str, topic_prefix: str, pool: Pool, producer: AIOKafkaProducer
+) -> BatchConsumer:
+    """Keeps the local copy of the orderable catalog that placing an order reads.
+
+    The catalog's topics are compacted and carry full state, so only an event
+    newer than the last one applied for its key matters (``latest``).
+    """
+    return BatchConsumer(
+        name=f"{topic_prefix}orders.catalog-copy",
+        bootstrap=bootstrap,
+        topics=[topic_prefix + topic.name for topic in CATALOG_TOPICS],
+        registry=EventRegistry(event for topic in CATALOG_TOPICS for event in topic.events),
+        handler=_apply,
+        pool=pool,
+        producer=producer,
+        sequencing="latest",
+    )

@@ -1,0 +1,186 @@
+"""Orders use cases, each inside the caller's unit of work.
+
+Every change to an order locks the order's row first and decides from what
+the database holds under that lock, so concurrent accepts, rejections,
+cancels and deadlines queue on the row and the second finds the outcome of
+the first.  The events of a change are appended to the outbox in the same
+transaction, numbered from the order's own sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from services.orders import domain, store
+from services.orders.domain import (
+    Command,
+    InvalidTransition,
+    Order,
+    ReportUsage,
+    RequestedLine,
+    Transition,
+)
+from shared import outbox, timers
+from shared.contracts import catalog_agreements, catalog_offerings
+from shared.contracts import fulfillments as fulfillment_events
+from shared.contracts import orders as order_events
+from shared.contracts.envelope import Event
+from shared.db import Connection
+from shared.errors import NotFound, RuleViolated
+from shared.ids import new_id
+from shared.tokens import Principal
+
+PRODUCER = "orders"
+ACCEPTANCE_DEADLINE = "orders.acceptance-deadline"
+
+
+async def apply_catalog_event(conn: Connection, event: Event) -> None:
+    """Keep the local copy of the catalog: offerings (every version) and agreements."""
+    match event:
+        case (
+            catalog_offerings.OfferingPublished(offering=offering)
+            | catalog_offerings.OfferingRetired(offering=offering)
+            | catalog_offerings.OfferingOrderabilityChanged(offering=offering)
+        ):
+            await store.record_offering(conn, offering)
+        case (
+            catalog_agreements.AgreementCreated(agreement=agreement)
+            | catalog_agreements.AgreementRevoked(agreement=agreement)
+            | catalog_agreements.AgreementExpired(agreement=agreement)
+        ):
+            await store.record_agreement(conn, agreement)
+
+
+async def place_order(
+    conn: Connection,
+    *,
+    customer_id: str,
+    lines: Sequence[RequestedLine],
+    now: datetime,
+    acceptance_window: timedelta,
+) -> Order:
+    offerings, agreements = await store.orderable_terms(
+        conn, sorted({line.offering_id for line in lines})
+    )
+    transition = domain.price_order(
+        order_id=new_id("ord"),
+        customer_id=customer_id,
+        requested=lines,
+        offerings=offerings,
+        agreements=agreements,
+        now=now,
+        acceptance_window=acceptance_window,
+        new_id=new_id,
+    )
+    await store.insert_order(conn, transition.order)
+    await _record_events(conn, transition)
+    await timers.schedule(
+        conn,
+        kind=ACCEPTANCE_DEADLINE,
+        key=transition.order.order_id,
+        due_at=transition.order.accept_by,
+    )
+    return transition.order
+
+
+async def answer_fulfillment(
+    conn: Connection, partner_id: str, fulfillment_id: str, command: Command, now: datetime
+) -> Order:
+    """A partner accepts, rejects or completes its fulfilment of an order."""
+    found = await store.fulfillment_owner(conn, fulfillment_id)
+    if found is None or found[1] != partner_id:
+        raise NotFound(f"fulfillment {fulfillment_id}")
+    return await _change(conn, found[0], command, now)
+
+
+async def cancel_order(conn: Connection, customer_id: str, order_id: str, now: datetime) -> Order:
+    found = await store.lock_order(conn, order_id)
+    if found is None or found.customer_id != customer_id:
+        raise NotFound(f"order {order_id}")
+    return await _apply(conn, found, domain.CancelByCustomer(), now)
+
+
+async def acceptance_deadline_passed(conn: Connection, order_id: str, now: datetime) -> None:
+    """The acceptance timer fired: cancel the order if some partner still has not accepted.
+
+    The timer is never cancelled when an order leaves ``pending`` (that would
+    lock the timer after the order, the reverse of the timer loop); it fires
+    and finds nothing to do.
+    """
+    try:
+        await _change(conn, order_id, domain.DeadlinePassed(), now)
+    except (InvalidTransition, NotFound):
+        return
+
+
+async def report_usage(conn: Connection, order_id: str, report: ReportUsage, now: datetime) -> None:
+    """Charge metered usage once per usage id; a repeated usage id changes nothing."""
+    found = await store.lock_order(conn, order_id)
+    if found is None:
+        raise RuleViolated.single("order_id", "no such order of yours")
+    # Checked under the order's lock, so two reports of one usage id count once.
+    if await store.usage_counted(conn, report.partner_id, report.usage_id):
+        return
+    transition = domain.record_usage(found, report, now)
+    charge = transition.order.usage_charges[-1]
+    await store.record_usage(
+        conn,
+        reporter_id=report.partner_id,
+        usage_id=report.usage_id,
+        order_id=order_id,
+        charge_id=charge.charge_id,
+        amount=charge.amount,
+        quantity=report.quantity,
+        occurred_at=report.occurred_at,
+    )
+    await store.save_changes(conn, found, transition.order)
+    await _record_events(conn, transition)
+
+
+async def visible_order(conn: Connection, caller: Principal, order_id: str) -> Order:
+    """Its customer, the accountable owner of any of its lines, or the operator."""
+    found = await store.order(conn, order_id)
+    if found is None or not may_see(caller, found):
+        raise NotFound(f"order {order_id}")
+    return found
+
+
+def may_see(caller: Principal, order: Order) -> bool:
+    if caller.role == "operator":
+        return True
+    if caller.role == "customer":
+        return order.customer_id == caller.subject
+    return caller.subject in order.owner_ids
+
+
+async def _change(conn: Connection, order_id: str, command: Command, now: datetime) -> Order:
+    found = await store.lock_order(conn, order_id)
+    if found is None:
+        raise NotFound(f"order {order_id}")
+    return await _apply(conn, found, command, now)
+
+
+async def _apply(conn: Connection, before: Order, command: Command, now: datetime) -> Order:
+    transition = domain.decide(before, command, now)
+    await store.save_changes(conn, before, transition.order)
+    await _record_events(conn, transition)
+    return transition.order
+
+
+async def _record_events(conn: Connection, transition: Transition) -> None:
+    order_id = transition.order.order_id
+    await outbox.append_all(
+        conn,
+        [
+            *(
+                outbox.Entry(order_events.TOPIC, e.event, order_id, e.sequence)
+                for e in transition.order_events
+            ),
+            *(
+                outbox.Entry(fulfillment_events.TOPIC, e, e.fulfillment.partner_id)
+                for e in transition.fulfillment_events
+            ),
+        ],
+        producer=PRODUCER,
+    )

@@ -1,0 +1,247 @@
+"""Orders routes: decode, call the use case in a unit of work, encode. Nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from services.orders import domain, handlers, store
+from services.orders.api import (
+    FulfillmentPage,
+    FulfillmentSummary,
+    FulfillmentView,
+    LineView,
+    ListFulfillments,
+    ListOrders,
+    OrderPage,
+    OrderView,
+    PlaceOrder,
+    RejectFulfillment,
+    ReportUsage,
+    UsageAccepted,
+)
+from services.orders.domain import Accept, Command, Complete, Order, Reject, RequestedLine
+from shared.errors import NotFound
+from shared.http.api import ANY_ROLE, Api, Call, Reply
+from shared.http.fields import ResourceId
+from shared.http.pagination import cursor_of_type, encode_cursor
+from shared.money import Money
+from shared.tokens import Role
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class OrdersHttp:
+    acceptance_window: timedelta
+    clock: Clock = utc_now
+
+
+CUSTOMER: frozenset[Role] = frozenset({"customer"})
+PARTNER: frozenset[Role] = frozenset({"partner"})
+
+
+def _path_id(call: Call[Any, Any], name: str, what: str) -> str:
+    """Ids in paths are checked for shape; a malformed one simply does not exist."""
+    value = call.path(name)
+    try:
+        msgspec.convert(value, ResourceId)
+    except msgspec.ValidationError:
+        raise NotFound(f"{what} {value[:64]}") from None
+    return value
+
+
+def _after(cursor: str | None) -> str | None:
+    return cursor_of_type(cursor, str)[0] if cursor else None
+
+
+def build_api(deps: OrdersHttp) -> Api:
+    api = Api("Partner marketplace: orders")
+    route = api.route
+
+    @route(
+        "POST", "/v1/orders", summary="Place an order", roles=CUSTOMER,
+        body=PlaceOrder, response=OrderView, status=201, tag="orders",
+    )  # fmt: skip
+    async def place_order(call: Call[PlaceOrder, None]) -> OrderView:
+        lines = [RequestedLine(line.offering_id, line.quantity) for line in call.body.lines]
+        async with call.transaction() as conn:
+            order = await handlers.place_order(
+                conn,
+                customer_id=call.caller.subject,
+                lines=lines,
+                now=deps.clock(),
+                acceptance_window=deps.acceptance_window,
+            )
+        return order_view(order)
+
+    @route(
+        "GET", "/v1/orders/{order_id}", summary="Read an order with every partner's fulfillment",
+        roles=ANY_ROLE, response=OrderView, tag="orders",
+    )  # fmt: skip
+    async def get_order(call: Call[None, None]) -> OrderView:
+        order_id = _path_id(call, "order_id", "order")
+        async with call.connection() as conn:
+            order = await handlers.visible_order(conn, call.caller, order_id)
+        return order_view(order)
+
+    @route(
+        "GET", "/v1/orders",
+        summary="List a customer's orders, or the orders a partner is accountable for",
+        roles=ANY_ROLE, query=ListOrders, response=OrderPage, tag="orders",
+    )  # fmt: skip
+    async def list_orders(call: Call[None, ListOrders]) -> OrderPage:
+        caller, query = call.caller, call.query
+        async with call.connection() as conn:
+            ids = await store.list_order_ids(
+                conn,
+                customer_id=caller.subject if caller.role == "customer" else None,
+                owner_id=caller.subject if caller.role == "partner" else None,
+                status=query.status,
+                after_id=_after(query.cursor),
+                limit=query.limit + 1,
+            )
+            orders = await store.orders_by_id(conn, ids[: query.limit])
+        more = len(ids) > query.limit
+        return OrderPage(
+            items=[order_view(order) for order in orders],
+            next_cursor=encode_cursor([orders[-1].order_id]) if more else None,
+        )
+
+    @route(
+        "POST", "/v1/orders/{order_id}/cancel", summary="Cancel an order", roles=CUSTOMER,
+        response=OrderView, tag="orders",
+    )  # fmt: skip
+    async def cancel_order(call: Call[None, None]) -> OrderView:
+        order_id = _path_id(call, "order_id", "order")
+        async with call.transaction() as conn:
+            order = await handlers.cancel_order(conn, call.caller.subject, order_id, deps.clock())
+        return order_view(order)
+
+    @route(
+        "GET", "/v1/fulfillments", summary="List the fulfillment requests sent to the partner",
+        roles=PARTNER, query=ListFulfillments, response=FulfillmentPage, tag="fulfillments",
+    )  # fmt: skip
+    async def list_fulfillments(call: Call[None, ListFulfillments]) -> FulfillmentPage:
+        query = call.query
+        async with call.connection() as conn:
+            found = await store.list_fulfillment_orders(
+                conn,
+                partner_id=call.caller.subject,
+                status=query.status,
+                after_id=_after(query.cursor),
+                limit=query.limit + 1,
+            )
+            page = found[: query.limit]
+            orders = {
+                o.order_id: o for o in await store.orders_by_id(conn, [oid for _, oid in page])
+            }
+        return FulfillmentPage(
+            items=[fulfillment_view(orders[oid], call.caller.subject) for _, oid in page],
+            next_cursor=encode_cursor([page[-1][0]]) if len(found) > query.limit else None,
+        )
+
+    async def answer(call: Call[Any, None], command: Command) -> FulfillmentView:
+        fulfillment_id = _path_id(call, "fulfillment_id", "fulfillment")
+        async with call.transaction() as conn:
+            order = await handlers.answer_fulfillment(
+                conn, call.caller.subject, fulfillment_id, command, deps.clock()
+            )
+        return fulfillment_view(order, call.caller.subject)
+
+    @route(
+        "POST", "/v1/fulfillments/{fulfillment_id}/accept", summary="Accept a fulfillment",
+        roles=PARTNER, response=FulfillmentView, tag="fulfillments",
+    )  # fmt: skip
+    async def accept_fulfillment(call: Call[None, None]) -> FulfillmentView:
+        return await answer(call, Accept(call.caller.subject))
+
+    @route(
+        "POST", "/v1/fulfillments/{fulfillment_id}/reject", summary="Reject a fulfillment",
+        roles=PARTNER, body=RejectFulfillment, response=FulfillmentView, tag="fulfillments",
+    )  # fmt: skip
+    async def reject_fulfillment(call: Call[RejectFulfillment, None]) -> FulfillmentView:
+        return await answer(call, Reject(call.caller.subject, call.body.reason))
+
+    @route(
+        "POST", "/v1/fulfillments/{fulfillment_id}/complete",
+        summary="Report a fulfillment delivered", roles=PARTNER,
+        response=FulfillmentView, tag="fulfillments",
+    )  # fmt: skip
+    async def complete_fulfillment(call: Call[None, None]) -> FulfillmentView:
+        return await answer(call, Complete(call.caller.subject))
+
+    @route(
+        "POST", "/v1/usage", summary="Report metered usage", roles=PARTNER,
+        body=ReportUsage, response=UsageAccepted, status=202, tag="usage",
+    )  # fmt: skip
+    async def report_usage(call: Call[ReportUsage, None]) -> UsageAccepted | Reply:
+        body = call.body
+        report = domain.ReportUsage(
+            usage_id=body.usage_id,
+            partner_id=call.caller.subject,
+            component_partner_id=body.component_partner_id,
+            quantity=body.quantity,
+            occurred_at=body.occurred_at,
+        )
+        async with call.transaction() as conn:
+            await handlers.report_usage(conn, body.order_id, report, deps.clock())
+        return UsageAccepted(usage_id=body.usage_id, order_id=body.order_id)
+
+    return api
+
+
+def order_view(order: Order) -> OrderView:
+    return OrderView(
+        id=order.order_id,
+        customer_id=order.customer_id,
+        status=order.status,
+        lines=[
+            LineView(
+                id=line.line_id,
+                offering_id=line.offering_id,
+                offering_version=line.offering_version,
+                owner_id=line.owner_id,
+                quantity=line.quantity,
+                amount=Money(line.amount, order.currency),
+            )
+            for line in order.lines
+        ],
+        total=Money(order.total, order.currency),
+        fulfillments=[
+            FulfillmentSummary(
+                id=f.fulfillment_id, partner_id=f.partner_id, role=f.role, status=f.status
+            )
+            for f in order.fulfillments
+        ],
+        placed_at=order.placed_at,
+        accept_by=order.accept_by,
+        changed_at=order.changed_at,
+        cancel_reason=order.cancel_reason,
+    )
+
+
+def fulfillment_view(order: Order, partner_id: str) -> FulfillmentView:
+    fulfillment = order.fulfillment_of(partner_id)
+    assert fulfillment is not None
+    state = domain.fulfillment_state(order, fulfillment)
+    return FulfillmentView(
+        id=state.fulfillment_id,
+        order_id=state.order_id,
+        customer_id=state.customer_id,
+        partner_id=state.partner_id,
+        role=state.role,
+        status=state.status,
+        components=state.components,
+        accept_by=state.accept_by,
+        changed_at=state.changed_at,
+        reason=state.reason,
+    )

@@ -1,0 +1,337 @@
+"""Every SQL query on the orders service's own tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from services.orders.domain import (
+    Agreement,
+    Fulfillment,
+    Line,
+    OfferingVersion,
+    Order,
+    OrderedComponent,
+    UsageCharge,
+)
+from shared.contracts.catalog_agreements import AgreementState
+from shared.contracts.catalog_offerings import ComponentState, OfferingState
+from shared.contracts.fulfillments import FulfillmentStatus
+from shared.contracts.orders import OrderStatus
+from shared.db import Connection
+
+_encoder = msgspec.json.Encoder()
+_catalog_components = msgspec.json.Decoder(tuple[ComponentState, ...])
+_ordered_components = msgspec.json.Decoder(tuple[OrderedComponent, ...])
+_agreements = msgspec.json.Decoder(list[Agreement])
+
+
+async def record_offering(conn: Connection, offering: OfferingState) -> None:
+    """Keep every version; a version's row follows the latest state the catalog sent of it."""
+    await conn.execute(
+        "INSERT INTO offering_versions (offering_id, version, owner_id, status, orderable,"
+        " currency, components, changed_at) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)"
+        " ON CONFLICT (offering_id, version) DO UPDATE SET status = EXCLUDED.status,"
+        " orderable = EXCLUDED.orderable, changed_at = EXCLUDED.changed_at"
+        " WHERE offering_versions.changed_at <= EXCLUDED.changed_at",
+        offering.offering_id,
+        offering.version,
+        offering.owner_id,
+        offering.status,
+        offering.orderable,
+        offering.currency,
+        _encoder.encode(offering.components).decode(),
+        offering.changed_at,
+    )
+
+
+async def record_agreement(conn: Connection, agreement: AgreementState) -> None:
+    # Revoked and expired are final, so a late "created" never revives an agreement.
+    await conn.execute(
+        "INSERT INTO agreements (agreement_id, grantor_id, grantee_id, status, expires_at)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (agreement_id) DO UPDATE SET"
+        " status = EXCLUDED.status, expires_at = EXCLUDED.expires_at"
+        " WHERE agreements.status = 'active'",
+        agreement.agreement_id,
+        agreement.grantor_id,
+        agreement.grantee_id,
+        agreement.status,
+        agreement.expires_at,
+    )
+
+
+async def orderable_terms(
+    conn: Connection, offering_ids: Sequence[str]
+) -> tuple[dict[str, OfferingVersion], dict[str, Agreement]]:
+    """The current version of each offering, and the agreements its components name.
+
+    One query: placing an order reads both on every request.
+    """
+    rows = await conn.fetch(
+        "SELECT DISTINCT ON (v.offering_id) v.offering_id, v.version, v.owner_id, v.status,"
+        " v.orderable, v.currency, v.components, (SELECT coalesce(jsonb_agg(jsonb_build_object("
+        "'agreement_id', a.agreement_id, 'status', a.status, 'expires_at', a.expires_at)), '[]')"
+        " FROM agreements a WHERE a.agreement_id IN (SELECT c ->> 'agreement_id'"
+        " FROM jsonb_array_elements(v.components) c)) AS agreements"
+        " FROM offering_versions v WHERE v.offering_id = ANY($1::text[])"
+        " ORDER BY v.offering_id, v.version DESC",
+        list(offering_ids),
+    )
+    offerings: dict[str, OfferingVersion] = {}
+    agreements: dict[str, Agreement] = {}
+    for row in rows:
+        offerings[row["offering_id"]] = OfferingVersion(
+            offering_id=row["offering_id"],
+            version=row["version"],
+            owner_id=row["owner_id"],
+            status=row["status"],
+            orderable=row["orderable"],
+            currency=row["currency"],
+            components=_catalog_components.decode(row["components"]),
+        )
+        for agreement in _agreements.decode(row["agreements"]):
+            agreements[agreement.agreement_id] = agreement
+    return offerings, agreements
+
+
+async def insert_order(conn: Connection, order: Order) -> None:
+    """The order, its lines and its fulfilments, in one statement (one round trip)."""
+    lines, fulfillments = order.lines, order.fulfillments
+    await conn.execute(
+        "WITH placed AS (INSERT INTO orders (id, customer_id, status, currency, total,"
+        " placed_at, accept_by, changed_at, sequence)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id),"
+        " lines AS (INSERT INTO order_lines (id, order_id, position, offering_id,"
+        " offering_version, owner_id, quantity, amount, components)"
+        " SELECT l.id, (SELECT id FROM placed), l.position - 1, l.offering_id,"
+        " l.offering_version, l.owner_id, l.quantity, l.amount, l.components::jsonb"
+        " FROM unnest($10::text[], $11::text[], $12::int[], $13::text[], $14::int[],"
+        " $15::bigint[], $16::text[]) WITH ORDINALITY AS l(id, offering_id, offering_version,"
+        " owner_id, quantity, amount, components, position))"
+        " INSERT INTO fulfillments (id, order_id, partner_id, role, status, changed_at)"
+        " SELECT f.id, (SELECT id FROM placed), f.partner_id, f.role, f.status, $8"
+        " FROM unnest($17::text[], $18::text[], $19::text[], $20::text[])"
+        " AS f(id, partner_id, role, status)",
+        order.order_id,
+        order.customer_id,
+        order.status,
+        order.currency,
+        order.total,
+        order.placed_at,
+        order.accept_by,
+        order.changed_at,
+        order.sequence,
+        [line.line_id for line in lines],
+        [line.offering_id for line in lines],
+        [line.offering_version for line in lines],
+        [line.owner_id for line in lines],
+        [line.quantity for line in lines],
+        [line.amount for line in lines],
+        [_encoder.encode(line.components).decode() for line in lines],
+        [f.fulfillment_id for f in fulfillments],
+        [f.partner_id for f in fulfillments],
+        [f.role for f in fulfillments],
+        [f.status for f in fulfillments],
+    )
+
+
+async def lock_order(conn: Connection, order_id: str) -> Order | None:
+    """The order, its row locked until the transaction ends: changes to it queue here."""
+    locked = await conn.fetchval("SELECT id FROM orders WHERE id = $1 FOR UPDATE", order_id)
+    if locked is None:
+        return None
+    found = await orders_by_id(conn, [order_id], with_usage=True)
+    return found[0]
+
+
+async def order(conn: Connection, order_id: str) -> Order | None:
+    found = await orders_by_id(conn, [order_id])
+    return found[0] if found else None
+
+
+async def orders_by_id(
+    conn: Connection, order_ids: Sequence[str], *, with_usage: bool = False
+) -> list[Order]:
+    """Whole orders (lines and fulfilments), in the order of ``order_ids``."""
+    ids = list(order_ids)
+    order_rows = await conn.fetch("SELECT * FROM orders WHERE id = ANY($1::text[])", ids)
+    line_rows = await conn.fetch(
+        "SELECT * FROM order_lines WHERE order_id = ANY($1::text[]) ORDER BY order_id, position",
+        ids,
+    )
+    fulfillment_rows = await conn.fetch(
+        "SELECT * FROM fulfillments WHERE order_id = ANY($1::text[]) ORDER BY order_id, id", ids
+    )
+    usage_rows = (
+        await conn.fetch(
+            "SELECT order_id, charge_id, amount FROM usage_records"
+            " WHERE order_id = ANY($1::text[]) ORDER BY recorded_at, charge_id",
+            ids,
+        )
+        if with_usage
+        else []
+    )
+    lines: dict[str, list[Line]] = {}
+    for row in line_rows:
+        lines.setdefault(row["order_id"], []).append(_line(row))
+    fulfillments: dict[str, list[Fulfillment]] = {}
+    for row in fulfillment_rows:
+        fulfillments.setdefault(row["order_id"], []).append(_fulfillment(row))
+    usage: dict[str, list[UsageCharge]] = {}
+    for row in usage_rows:
+        usage.setdefault(row["order_id"], []).append(UsageCharge(row["charge_id"], row["amount"]))
+    by_id = {
+        row["id"]: Order(
+            order_id=row["id"],
+            customer_id=row["customer_id"],
+            status=row["status"],
+            currency=row["currency"],
+            total=row["total"],
+            lines=tuple(lines.get(row["id"], ())),
+            fulfillments=tuple(fulfillments.get(row["id"], ())),
+            placed_at=row["placed_at"],
+            accept_by=row["accept_by"],
+            changed_at=row["changed_at"],
+            sequence=row["sequence"],
+            cancel_reason=row["cancel_reason"],
+            usage_charges=tuple(usage.get(row["id"], ())),
+        )
+        for row in order_rows
+    }
+    return [by_id[order_id] for order_id in ids if order_id in by_id]
+
+
+def _line(row: Any) -> Line:
+    return Line(
+        line_id=row["id"],
+        offering_id=row["offering_id"],
+        offering_version=row["offering_version"],
+        owner_id=row["owner_id"],
+        quantity=row["quantity"],
+        amount=row["amount"],
+        components=_ordered_components.decode(row["components"]),
+    )
+
+
+def _fulfillment(row: Any) -> Fulfillment:
+    return Fulfillment(
+        fulfillment_id=row["id"],
+        partner_id=row["partner_id"],
+        role=row["role"],
+        status=row["status"],
+        changed_at=row["changed_at"],
+        reason=row["reason"],
+    )
+
+
+async def save_changes(conn: Connection, before: Order, after: Order) -> None:
+    await conn.execute(
+        "UPDATE orders SET status = $2, changed_at = $3, cancel_reason = $4, sequence = $5"
+        " WHERE id = $1",
+        after.order_id,
+        after.status,
+        after.changed_at,
+        after.cancel_reason,
+        after.sequence,
+    )
+    changed = [
+        new for old, new in zip(before.fulfillments, after.fulfillments, strict=True) if old != new
+    ]
+    if changed:
+        await conn.executemany(
+            "UPDATE fulfillments SET status = $2, reason = $3, changed_at = $4 WHERE id = $1",
+            [(f.fulfillment_id, f.status, f.reason, f.changed_at) for f in changed],
+        )
+
+
+async def fulfillment_owner(conn: Connection, fulfillment_id: str) -> tuple[str, str] | None:
+    """(order id, partner id) of a fulfilment."""
+    row = await conn.fetchrow(
+        "SELECT order_id, partner_id FROM fulfillments WHERE id = $1", fulfillment_id
+    )
+    return None if row is None else (row["order_id"], row["partner_id"])
+
+
+async def record_usage(
+    conn: Connection,
+    *,
+    reporter_id: str,
+    usage_id: str,
+    order_id: str,
+    charge_id: str,
+    amount: int,
+    quantity: int,
+    occurred_at: datetime,
+) -> bool:
+    """False when this usage id of this partner was already counted."""
+    inserted = await conn.fetchval(
+        "INSERT INTO usage_records (reporter_id, usage_id, order_id, charge_id, amount,"
+        " quantity, occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        " ON CONFLICT (reporter_id, usage_id) DO NOTHING RETURNING true",
+        reporter_id,
+        usage_id,
+        order_id,
+        charge_id,
+        amount,
+        quantity,
+        occurred_at,
+    )
+    return bool(inserted)
+
+
+async def usage_counted(conn: Connection, reporter_id: str, usage_id: str) -> bool:
+    found = await conn.fetchval(
+        "SELECT true FROM usage_records WHERE reporter_id = $1 AND usage_id = $2",
+        reporter_id,
+        usage_id,
+    )
+    return bool(found)
+
+
+async def list_order_ids(
+    conn: Connection,
+    *,
+    customer_id: str | None,
+    owner_id: str | None,
+    status: OrderStatus | None,
+    after_id: str | None,
+    limit: int,
+) -> list[str]:
+    """Newest first; a customer's own, the orders a partner is accountable for, or all."""
+    rows = await conn.fetch(
+        "SELECT o.id FROM orders o WHERE ($1::text IS NULL OR o.customer_id = $1)"
+        " AND ($2::text IS NULL OR EXISTS (SELECT 1 FROM order_lines l"
+        "      WHERE l.order_id = o.id AND l.owner_id = $2))"
+        " AND ($3::text IS NULL OR o.status = $3) AND ($4::text IS NULL OR o.id < $4)"
+        " ORDER BY o.id DESC LIMIT $5",
+        customer_id,
+        owner_id,
+        status,
+        after_id,
+        limit,
+    )
+    return [row["id"] for row in rows]
+
+
+async def list_fulfillment_orders(
+    conn: Connection,
+    *,
+    partner_id: str,
+    status: FulfillmentStatus | None,
+    after_id: str | None,
+    limit: int,
+) -> list[tuple[str, str]]:
+    """(fulfilment id, order id) of one partner's fulfilments, newest first."""
+    rows = await conn.fetch(
+        "SELECT id, order_id FROM fulfillments WHERE partner_id = $1"
+        " AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR id < $3)"
+        " ORDER BY id DESC LIMIT $4",
+        partner_id,
+        status,
+        after_id,
+        limit,
+    )
+    return [(row["id"], row["order_id"]) for row in rows]
