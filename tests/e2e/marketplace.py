@@ -6,7 +6,7 @@ service's database or imports a service's code.
 
 from __future__ import annotations
 
-import itertools
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,10 +45,11 @@ class Marketplace:
         self.session = session
         self.stack = stack
         self.urls = {name: service.base_url for name, service in stack.services.items()}
-        self._keys = itertools.count()
 
-    def idempotency_key(self, label: str) -> str:
-        return f"{label}-{next(self._keys)}"
+    @staticmethod
+    def idempotency_key() -> str:
+        """Unguessable, as public endpoints require (a key must not let others replay it)."""
+        return str(uuid.uuid4())
 
     async def call(
         self,
@@ -157,7 +158,7 @@ async def onboard(mp: Marketplace, name: str, kind: str) -> Party:
         await mp.answered(
             "POST", "catalog", "/v1/partners",
             token=mp.stack.operator_token, json={"name": name, "kind": kind},
-            idempotency_key=mp.idempotency_key("partner"),
+            idempotency_key=mp.idempotency_key(),
         )
     ).expect(201)  # fmt: skip
     return Party(body["id"], body["token"])
@@ -168,7 +169,7 @@ async def sign_up(mp: Marketplace, name: str) -> Party:
     body = (
         await mp.answered(
             "POST", "catalog", "/v1/customers", token=None,
-            json={"name": name, "email": email}, idempotency_key=mp.idempotency_key("customer"),
+            json={"name": name, "email": email}, idempotency_key=mp.idempotency_key(),
         )
     ).expect(201)  # fmt: skip
     return Party(body["id"], body["token"])
@@ -179,7 +180,7 @@ async def grant(mp: Marketplace, grantor: Party, grantee: Party, role: str, shar
         await mp.answered(
             "POST", "catalog", "/v1/agreements", token=grantor.token,
             json={"grantee_id": grantee.id, "role": role, "share_bps": share_bps},
-            idempotency_key=mp.idempotency_key("agreement"),
+            idempotency_key=mp.idempotency_key(),
         )
     ).expect(201)  # fmt: skip
     assert body["status"] == "active", body
@@ -190,7 +191,7 @@ async def publish(mp: Marketplace, owner: Party, draft: dict[str, Any]) -> str:
     created = (
         await mp.answered(
             "POST", "catalog", "/v1/offerings", token=owner.token, json=draft,
-            idempotency_key=mp.idempotency_key("offering"),
+            idempotency_key=mp.idempotency_key(),
         )
     ).expect(201)  # fmt: skip
     offering_id = str(created["id"])
@@ -270,7 +271,7 @@ async def place_when_known(
     Orders learns offerings from the catalog's events, so just after publishing
     it answers 422 (unknown offering) for a moment, as a customer would see.
     """
-    key = mp.idempotency_key("order")
+    key = mp.idempotency_key()
 
     async def placed() -> dict[str, Any] | None:
         reply = await mp.answered(
