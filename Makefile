@@ -45,6 +45,7 @@ test: lint typecheck
 
 bench: deps
 	uv run python -m bench.catalog_browse
+	uv run python -m bench.settlement_backlog
 	uv run python -m bench.orders_place --profile
 
 # Consumers and the relay beside raw Kafka and PostgreSQL; uses

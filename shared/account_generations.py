@@ -96,7 +96,8 @@ def consumer(
     return IdempotentConsumer(
         name=f"{service}.account-generations",
         bootstrap=bootstrap,
-        topics=[topic_prefix + catalog_accounts.TOPIC.name],
+        topics=[catalog_accounts.TOPIC.name],
+        topic_prefix=topic_prefix,
         registry=EventRegistry(catalog_accounts.TOPIC.events),
         handler=apply,
         pool=pool,

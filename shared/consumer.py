@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ from shared.db import Connection, Pool
 from shared.metrics import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED
 from shared.retry import RetryPolicy
 from shared.runtime import sleep_or_stop
-from shared.sequencing import Delivery, Sequencing, admit
+from shared.sequencing import Delivery, Sequencing, admit, drop_parked, take_ready
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,26 @@ class _Item:
     delivery: Delivery
 
 
+@dataclass(frozen=True)
+class _Letter:
+    """What a dead letter is made of: a consumed record, or a parked event's stored message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+@dataclass
+class _Outcome:
+    """What one transaction's sequencing saw, read by the runner even when it failed."""
+
+    released: int = 0  # parked events it applied after the chunk's own
+    replayed_keys: list[str] = field(default_factory=list)  # keys of redelivered events
+
+
 class _Stopping(Exception):
     pass
 
@@ -193,12 +214,22 @@ class BatchConsumer:
         pool: Pool,
         producer: AIOKafkaProducer,
         group_id: str | None = None,
+        topic_prefix: str = "",
         retry: RetryPolicy | None = None,
         max_batch: int = 500,
         sequencing: Sequencing | None = None,
     ) -> None:
+        """``topics`` are the contracts' bare names; ``topic_prefix`` namespaces a deployment.
+
+        The prefix goes on the topics and on the consumer group alike (the group
+        defaults to ``name``): two deployments, or two test runs, sharing one
+        cluster never share a group, so neither rebalances nor commits offsets
+        for the other.  ``name`` itself, the key of the dedupe rows in the
+        service's own database, stays bare.
+        """
         self.name = name
-        self._topics = list(topics)
+        self.topics = [topic_prefix + topic for topic in topics]
+        self.group_id = topic_prefix + (group_id or name)
         self._registry = registry
         self._handler = handler
         self._pool = pool
@@ -221,7 +252,7 @@ class BatchConsumer:
         self._commit_lock = asyncio.Lock()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
-            group_id=group_id or name,
+            group_id=self.group_id,
             client_id=name,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -234,7 +265,7 @@ class BatchConsumer:
         self._stopping.set()
 
     async def run(self) -> None:
-        self._consumer.subscribe(self._topics, listener=_Revocations(self))
+        self._consumer.subscribe(self.topics, listener=_Revocations(self))
         await self._consumer.start()
         committer = asyncio.create_task(self._committer())
         try:
@@ -359,50 +390,177 @@ class BatchConsumer:
         self, partition: TopicPartition, state: _Partition, items: Sequence[_Item]
     ) -> None:
         """Apply ``items`` in one transaction, or split them until the bad one is alone."""
+        outcome = _Outcome()
+        error = await self._settle(partition, state, lambda: self._try_transaction(items, outcome))
+        if error is None:
+            await self._release_behind(partition, state, items, outcome.replayed_keys)
+            return
+        if len(items) > 1:
+            first, second = halves(items)
+            await self._apply_isolating(partition, state, first)
+            await self._apply_isolating(partition, state, second)
+            return
+        (item,) = items
+        release = True
+        if outcome.released:
+            # The failure may be a released successor's: apply this event
+            # alone, then release its successors one per transaction.
+            release = False
+            error = await self._settle(
+                partition, state, lambda: self._try_transaction(items, _Outcome(), release=False)
+            )
+        if error is not None:
+            error = await self._settle(
+                partition,
+                state,
+                lambda: self._try_transaction(items, _Outcome(), release=release),
+                bounded=True,
+                failed_with=error,
+            )
+        if error is None:
+            if not release:
+                await self._release_behind(partition, state, items, [item.delivery.envelope.key])
+            return
+        await self._give_up(item.record, item.delivery.envelope.event_id, error)
+
+    async def _settle(
+        self,
+        partition: TopicPartition,
+        state: _Partition,
+        attempt: Callable[[], Awaitable[Exception | None]],
+        *,
+        bounded: bool = False,
+        failed_with: Exception | None = None,
+    ) -> Exception | None:
+        """Run ``attempt`` until it succeeds or fails for good; the error it failed with.
+
+        The database being unavailable is waited out without limit.  Any other
+        failure ends it at once, unless ``bounded``: then it is retried until
+        ``RetryPolicy.max_attempts`` failures, unless the error is a
+        ``PermanentError``.  ``failed_with``: the error of an attempt already
+        made, which counts as the first.
+        """
         failures = outages = 0
+        error = failed_with
         while True:
-            error = await self._try_transaction(items)
             if error is None:
-                return
+                error = await attempt()
+            if error is None:
+                return None
             kind = classify(error)
             if kind is Failure.TRANSIENT:
                 log.warning(
                     "database unavailable, will retry",
-                    extra={"consumer": self.name, "events": len(items), "error": repr(error)},
+                    extra={"consumer": self.name, "error": repr(error)},
                 )
                 outages += 1
                 await self._back_off(partition, state, self._retry.backoff(min(outages, 10)))
+                error = None
                 continue
-            if len(items) > 1:
-                first, second = halves(items)
-                await self._apply_isolating(partition, state, first)
-                await self._apply_isolating(partition, state, second)
-                return
             failures += 1
-            if kind is Failure.PERMANENT or failures >= self._retry.max_attempts:
-                if kind is not Failure.PERMANENT:
-                    log.error(
-                        "giving up on event",
-                        exc_info=error,
-                        extra={
-                            "consumer": self.name,
-                            "event_id": items[0].delivery.envelope.event_id,
-                        },
-                    )
-                await self._dead_letter(items[0].record, error)
-                return
+            if not bounded or kind is Failure.PERMANENT or failures >= self._retry.max_attempts:
+                return error
             await self._back_off(partition, state, self._retry.backoff(failures))
+            error = None
 
-    async def _try_transaction(self, items: Sequence[_Item]) -> Exception | None:
-        # The error is returned, not handled inside ``except``, so that the
-        # halves' own failures do not chain onto it.
+    async def _give_up(self, record: _Letter, event_id: str, error: Exception) -> None:
+        if classify(error) is not Failure.PERMANENT:
+            log.error(
+                "giving up on event",
+                exc_info=error,
+                extra={"consumer": self.name, "event_id": event_id},
+            )
+        await self._dead_letter(record, error)
+
+    async def _release_behind(
+        self,
+        partition: TopicPartition,
+        state: _Partition,
+        items: Sequence[_Item],
+        keys: Sequence[str],
+    ) -> None:
+        """Apply what waits parked behind ``keys``, each event in its own transaction.
+
+        Called for the keys of an event just applied without releasing its
+        successors, and of a redelivered one: a crash between applying an
+        event and releasing its successors redelivers that event (its offset
+        was not committed), and this releases them then.  An event that cannot
+        apply is dead-lettered; its successors stay parked, waiting for its number.
+        """
+        record = items[-1].record
+        for key in dict.fromkeys(keys):
+            while True:
+                taken: list[tuple[str, bytes]] = []
+                error = await self._settle(
+                    partition,
+                    state,
+                    functools.partial(self._try_release, record.topic, key, taken),
+                    bounded=True,
+                )
+                if error is None:
+                    if not taken:
+                        break  # nothing more waits for its turn
+                    continue
+                if not taken:
+                    raise error  # not the event's failure: the runner's own
+                event_id, message = taken[-1]
+                # Where the gap-filler came from: the parked event's own record is gone.
+                letter = _Letter(
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    key=key.encode(),
+                    value=message,
+                    headers=(("event-id", event_id.encode()),),
+                )
+                await self._give_up(letter, event_id, error)
+                dropped = await self._settle(
+                    partition,
+                    state,
+                    functools.partial(self._try_drop_parked, record.topic, event_id),
+                )
+                if dropped is not None:
+                    raise dropped  # not the event's failure: the runner's own
+                break
+
+    async def _try_drop_parked(self, topic: str, event_id: str) -> Exception | None:
+        async def drop() -> None:
+            async with self._pool.acquire() as conn:
+                await drop_parked(conn, consumer=self.name, topic=topic, event_id=event_id)
+
+        return await self._try(drop)
+
+    async def _try_release(
+        self, topic: str, key: str, taken: list[tuple[str, bytes]]
+    ) -> Exception | None:
+        return await self._try(lambda: self._release_next(topic, key, taken))
+
+    async def _release_next(self, topic: str, key: str, taken: list[tuple[str, bytes]]) -> None:
+        taken.clear()
+        async with self._pool.acquire() as conn, conn.transaction():
+            ready = await take_ready(conn, consumer=self.name, topic=topic, key=key)
+            if ready is None:
+                return
+            taken.append(ready)
+            await self._handler(conn, [self._decode_stored(ready[1])])
+        _count("applied", self.name, 1)
+
+    @staticmethod
+    async def _try(work: Callable[[], Awaitable[None]]) -> Exception | None:
+        # The error is returned, not handled inside ``except``, so that later
+        # attempts' own failures do not chain onto it.
         try:
-            await self._transaction(items)
+            await work()
         except Exception as exc:
             return exc
         return None
 
-    async def _transaction(self, items: Sequence[_Item]) -> None:
+    async def _try_transaction(
+        self, items: Sequence[_Item], outcome: _Outcome, *, release: bool = True
+    ) -> Exception | None:
+        return await self._try(lambda: self._transaction(items, outcome, release))
+
+    async def _transaction(self, items: Sequence[_Item], outcome: _Outcome, release: bool) -> None:
         first_seen: dict[str, _Item] = {}
         for item in items:
             first_seen.setdefault(item.delivery.envelope.event_id, item)
@@ -419,6 +577,13 @@ class BatchConsumer:
                     list(first_seen),
                 )
                 new_ids = {row[0] for row in rows}
+                if self._sequencing == "strict":
+                    outcome.replayed_keys = [
+                        i.delivery.envelope.key
+                        for i in first_seen.values()
+                        if i.delivery.envelope.event_id not in new_ids
+                        and i.delivery.envelope.sequence is not None
+                    ]
                 fresh = [
                     i.delivery
                     for i in first_seen.values()
@@ -437,8 +602,10 @@ class BatchConsumer:
                             for i in first_seen.values()
                         },
                         decode=self._decode_stored,
+                        release=release,
                     )
                     fresh, stale, parked = admission.apply, admission.stale, admission.parked
+                    outcome.released = admission.released
                 if fresh:
                     await self._handler(conn, fresh)
         finally:
@@ -483,7 +650,7 @@ class BatchConsumer:
                     },
                 )
 
-    async def _dead_letter(self, record: ConsumerRecord, error: BaseException) -> None:
+    async def _dead_letter(self, record: _Letter | ConsumerRecord, error: BaseException) -> None:
         headers = [
             *(record.headers or ()),
             ("dlq-error", str(error)[:1000].encode()),
@@ -555,6 +722,7 @@ class IdempotentConsumer(BatchConsumer):
         pool: Pool,
         producer: AIOKafkaProducer,
         group_id: str | None = None,
+        topic_prefix: str = "",
         retry: RetryPolicy | None = None,
         max_batch: int = 200,
         sequencing: Sequencing | None = None,
@@ -572,6 +740,7 @@ class IdempotentConsumer(BatchConsumer):
             pool=pool,
             producer=producer,
             group_id=group_id,
+            topic_prefix=topic_prefix,
             retry=retry,
             max_batch=max_batch,
             sequencing=sequencing,

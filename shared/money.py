@@ -34,7 +34,8 @@ CURRENCY_EXPONENTS: dict[str, int] = {
 }
 
 CurrencyCode = Annotated[
-    str, msgspec.Meta(pattern="^[A-Z]{3}$", description="ISO 4217 currency code")
+    # "(?!\n)$": Python's "$" alone also matches before a final newline.
+    str, msgspec.Meta(pattern=r"^[A-Z]{3}(?!\n)$", description="ISO 4217 currency code")
 ]
 
 # The largest amount any single price or line may carry: ten billion major

@@ -15,6 +15,11 @@ transaction as the effects.  Two modes:
   applies only if it is newer than the last applied for its key; gaps are
   normal (compaction removed the steps between), so nothing is parked.
 
+When a transaction that released parked events fails, the runner cannot tell
+which event failed: it applies the gap-filler alone (``release=False``), then
+releases its successors one per transaction (``take_ready``), so a successor
+that cannot apply is the one retried or dead-lettered, not the event before it.
+
 Events without a sequence (older producers, topics without one) pass through
 untouched.  The decisions are pure functions (``verdict``, ``plan``); ``admit``
 wraps them in the queries.
@@ -73,11 +78,14 @@ def plan(
     positions: dict[str, int],
     parked: dict[str, dict[int, Delivery]],
     fresh: Sequence[Delivery],
+    *,
+    release: bool = True,
 ) -> Plan:
     """Decide, for events in offset order, which apply (and in what order), skip or park.
 
     ``positions`` holds the keys' last applied sequences, ``parked`` what each
-    key has waiting already; neither is modified.
+    key has waiting already; neither is modified.  Without ``release``, events
+    parked before stay parked even when their turn has come.
     """
     result = Plan()
     last = dict(positions)
@@ -101,7 +109,8 @@ def plan(
         else:
             result.apply.append(delivery)
             last[key] = sequence
-            _release_successors(key, last, waiting.get(key, {}), parked_now, result)
+            if release:
+                _release_successors(key, last, waiting.get(key, {}), parked_now, result)
     result.positions = {key: seq for key, seq in last.items() if positions.get(key) != seq}
     result.park = list(parked_now.values())
     return result
@@ -143,6 +152,7 @@ async def admit(
     fresh: Sequence[Delivery],
     messages: dict[str, bytes],
     decode: Decode,
+    release: bool = True,
 ) -> Admission:
     """Sequence ``fresh`` (one topic, offset order) inside the caller's transaction.
 
@@ -170,7 +180,7 @@ async def admit(
             keys,
         ):
             waiting.setdefault(row["key"], {})[row["sequence"]] = decode(row["message"])
-    decided = plan(mode, positions, waiting, fresh)
+    decided = plan(mode, positions, waiting, fresh, release=release)
     if decided.positions:
         await conn.execute(
             "INSERT INTO consumer_positions (consumer, topic, key, sequence)"
@@ -208,6 +218,48 @@ async def admit(
         stale=decided.stale,
         parked=len(decided.park),
         released=len(decided.released),
+    )
+
+
+async def take_ready(
+    conn: Connection, *, consumer: str, topic: str, key: str
+) -> tuple[str, bytes] | None:
+    """Unpark the event whose turn has come for ``key``, if one waits: its id and message.
+
+    In the caller's transaction the event leaves ``parked_events`` and the
+    key's position moves onto it; the caller applies it there, so a failure
+    rolls all three back.
+    """
+    row = await conn.fetchrow(
+        "DELETE FROM parked_events p WHERE consumer = $1 AND topic = $2 AND key = $3"
+        " AND sequence = 1 + coalesce((SELECT c.sequence FROM consumer_positions c"
+        "  WHERE c.consumer = $1 AND c.topic = $2 AND c.key = $3), 0)"
+        " RETURNING sequence, event_id, message",
+        consumer,
+        topic,
+        key,
+    )
+    if row is None:
+        return None
+    await conn.execute(
+        "INSERT INTO consumer_positions (consumer, topic, key, sequence) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (consumer, topic, key)"
+        " DO UPDATE SET sequence = EXCLUDED.sequence, updated_at = now()",
+        consumer,
+        topic,
+        key,
+        row["sequence"],
+    )
+    return row["event_id"], row["message"]
+
+
+async def drop_parked(conn: Connection, *, consumer: str, topic: str, event_id: str) -> None:
+    """Forget a parked event that was dead-lettered; its successors keep waiting for it."""
+    await conn.execute(
+        "DELETE FROM parked_events WHERE consumer = $1 AND topic = $2 AND event_id = $3",
+        consumer,
+        topic,
+        event_id,
     )
 
 

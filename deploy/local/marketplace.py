@@ -82,6 +82,11 @@ def up(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env.update(_secrets(state))
     env["MARKETPLACE_KAFKA_BOOTSTRAP"] = kafka.bootstrap
+    # Locally every client, the demo's many customers included, is 127.0.0.1, so
+    # the per-address limit of public endpoints would throttle one developer as
+    # if they were an attacker; the variables still win when set.
+    env.setdefault("MARKETPLACE_PUBLIC_RATE_LIMIT_PER_MINUTE", "6000")
+    env.setdefault("MARKETPLACE_PUBLIC_RATE_LIMIT_BURST", "500")
     subprocess.run(
         [sys.executable, "-m", "shared.topics", "--bootstrap", kafka.bootstrap],
         cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL,

@@ -30,9 +30,10 @@ def catalog_copy(
     newer than the last one applied for its key matters (``latest``).
     """
     return BatchConsumer(
-        name=f"{topic_prefix}orders.catalog-copy",
+        name="orders.catalog-copy",
         bootstrap=bootstrap,
-        topics=[topic_prefix + topic.name for topic in CATALOG_TOPICS],
+        topics=[topic.name for topic in CATALOG_TOPICS],
+        topic_prefix=topic_prefix,
         registry=EventRegistry(event for topic in CATALOG_TOPICS for event in topic.events),
         handler=_apply,
         pool=pool,

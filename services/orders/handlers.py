@@ -116,15 +116,19 @@ async def acceptance_deadline_passed(conn: Connection, order_id: str, now: datet
 
 async def report_usage(conn: Connection, order_id: str, report: ReportUsage, now: datetime) -> None:
     """Charge metered usage once per usage id; a repeated usage id changes nothing."""
-    found = await store.lock_order(conn, order_id)
+    # Recording a charge only appends to the charges made; reading them all on
+    # every report would make each report cost more than the last.
+    found = await store.lock_order(conn, order_id, with_usage=False)
     if found is None:
         raise RuleViolated.single("order_id", "no such order of yours")
-    # Checked under the order's lock, so two reports of one usage id count once.
+    # Checked under the order's lock, so a repeat for this order counts once.
     if await store.usage_counted(conn, report.partner_id, report.usage_id):
         return
     transition = domain.record_usage(found, report, now)
     charge = transition.order.usage_charges[-1]
-    await store.record_usage(
+    # The check above cannot see a report of this usage id for another order
+    # still in flight; the insert waits for it, and then finds it counted.
+    newly_counted = await store.record_usage(
         conn,
         reporter_id=report.partner_id,
         usage_id=report.usage_id,
@@ -134,6 +138,8 @@ async def report_usage(conn: Connection, order_id: str, report: ReportUsage, now
         quantity=report.quantity,
         occurred_at=report.occurred_at,
     )
+    if not newly_counted:
+        return
     await store.save_changes(conn, found, transition.order)
     await _record_events(conn, transition)
 

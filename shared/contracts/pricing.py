@@ -8,7 +8,10 @@ import msgspec
 
 from shared.money import MinorUnits
 
-UnitName = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9 ._/-]+$")]
+# "(?!\n)$": Python's "$" alone also matches before a final newline.
+UnitName = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9 ._/-]+(?!\n)$")
+]
 
 
 class OneTimePricing(

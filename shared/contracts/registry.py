@@ -8,6 +8,7 @@ from shared.contracts import (
     catalog_offerings,
     fulfillments,
     orders,
+    payouts,
 )
 from shared.contracts.envelope import Topic
 
@@ -17,4 +18,5 @@ ALL_TOPICS: tuple[Topic, ...] = (
     catalog_offerings.TOPIC,
     orders.TOPIC,
     fulfillments.TOPIC,
+    payouts.TOPIC,
 )

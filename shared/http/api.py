@@ -12,7 +12,7 @@ import asyncio
 import inspect
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -146,6 +146,10 @@ class Call(Generic[B, Q]):
 
 
 Handler = Callable[[Call[Any, Any]], Awaitable[msgspec.Struct | Reply]]
+# Reads a body sent in another media type (e.g. text/csv) into the plain
+# Python shape of the endpoint's body type; msgspec then validates it as if it
+# had come as JSON, so both media types obey one schema.
+BodyReader = Callable[[bytes], Any]
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,7 @@ class Endpoint:
     status: int
     tag: str
     shows_secret: bool
+    readers: Mapping[str, BodyReader] = field(default_factory=dict)
 
     @property
     def public(self) -> bool:
@@ -186,6 +191,7 @@ class Api:
         status: int = 200,
         tag: str = "default",
         shows_secret: bool = False,
+        also_accepts: Mapping[str, BodyReader] | None = None,
     ) -> Callable[[Handler], Handler]:
         """``shows_secret``: the reply carries a token; an Idempotency-Key replays it briefly."""
 
@@ -203,6 +209,7 @@ class Api:
                     status,
                     tag,
                     shows_secret,
+                    dict(also_accepts or {}),
                 )
             )
             return handler
@@ -274,6 +281,10 @@ def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[we
             assert keyed is not None  # a stale token without a key was refused above
             # A retry of a request that succeeded (a rotation whose reply was lost) gets
             # that reply, though its success superseded the very token it was sent with.
+            # A superseded token may be the leaked one it was rotated for, so the key is
+            # then the only secret: a guessable one replays nothing, as on a public door.
+            if not idempotency.unguessable(keyed.key):
+                raise unauthorized(_SUPERSEDED)
             replay = await idempotency.replay_stored(
                 request.app[DB_POOL], request.app[KEY_SECRET], keyed
             )
@@ -281,7 +292,9 @@ def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[we
                 raise unauthorized(_SUPERSEDED)
             return replay
         body: Any = None
-        if body_decoder is not None:
+        if body_decoder is not None and request.content_type in endpoint.readers:
+            body = _read_other_media(request, endpoint, raw_body)
+        elif body_decoder is not None:
             body = _decode_body(request, body_decoder, raw_body)
         query: Any = (
             _decode_query(request, endpoint.query, integer_params) if endpoint.query else None
@@ -306,6 +319,10 @@ def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[we
 
 
 async def _read_body(request: web.Request) -> bytes:
+    declared = request.content_length
+    if declared is not None and declared > request.client_max_size:
+        # Known from the head: waiting for the body would only hold the connection open.
+        raise HTTPProblem(413, "Request body too large", "the request body is larger than allowed")
     try:
         async with asyncio.timeout(request.app[TIMEOUTS].body_seconds):
             return await request.read()
@@ -358,6 +375,19 @@ def _decode_body(request: web.Request, decoder: msgspec.json.Decoder[Any], raw_b
         if where is not None:
             raise invalid(where or "body", "must not contain NUL characters")
     return body
+
+
+def _read_other_media(request: web.Request, endpoint: Endpoint, raw_body: bytes) -> Any:
+    if not raw_body:
+        raise bad_request("the request needs a body")
+    plain = endpoint.readers[request.content_type](raw_body)
+    where = _nul_at(plain)
+    if where is not None:
+        raise invalid(where or "body", "must not contain NUL characters")
+    try:
+        return msgspec.convert(plain, type=endpoint.body, strict=False)
+    except msgspec.ValidationError as exc:
+        raise from_validation_error(exc) from None
 
 
 def _nul_at(value: Any, path: str = "") -> str | None:
@@ -433,7 +463,10 @@ def openapi_document(api: Api, extra_paths: dict[str, Any] | None = None) -> dic
         if endpoint.body is not None:
             operation["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": ref_of[endpoint.body]}},
+                "content": {
+                    "application/json": {"schema": ref_of[endpoint.body]},
+                    **{media: {"schema": {"type": "string"}} for media in endpoint.readers},
+                },
             }
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
     return {

@@ -30,7 +30,7 @@ from shared.http.api import (
 from shared.http.idempotency import KeySecret
 from shared.http.problems import FieldError, HTTPProblem, bad_request, problem_response
 from shared.http.rate_limit import RateLimit, RateLimiter
-from shared.http.server import SERVER_NAME, Timeouts
+from shared.http.server import SERVER_NAME, Timeouts, close_without_reading_body
 from shared.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from shared.tokens import TokenVerifier
 
@@ -44,6 +44,9 @@ _CORRELATION_SHAPE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_RATE_LIMIT = RateLimit()
 DEFAULT_TIMEOUTS = Timeouts()
+
+# Refusals of the body itself: what is left of it is not read, the connection closes.
+_BODY_REFUSED = frozenset({408, 413, 429})
 
 _STATUS_TITLES = {
     404: "Not found",
@@ -129,8 +132,8 @@ async def _as_problem(
         return await handler(request)
     except HTTPProblem as problem:
         response = problem_response(problem)
-        if problem.problem.status == 408:
-            response.force_close()  # the rest of a late body is not worth waiting for
+        if problem.problem.status in _BODY_REFUSED:
+            close_without_reading_body(request, response)
         return response
     except ConnectionError:
         # The client went away mid-request (typically mid-body): its choice, not our error.
@@ -143,7 +146,10 @@ async def _as_problem(
             raise
         title = _STATUS_TITLES.get(exc.status, exc.reason)
         detail = exc.reason if exc.status != 413 else "the request body is larger than allowed"
-        return problem_response(HTTPProblem(exc.status, title, detail, headers=_allow(exc)))
+        response = problem_response(HTTPProblem(exc.status, title, detail, headers=_allow(exc)))
+        if exc.status in _BODY_REFUSED:
+            close_without_reading_body(request, response)
+        return response
     except Exception:
         log.exception("unhandled error", extra={"path": request.path, "method": request.method})
         return problem_response(

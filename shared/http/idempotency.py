@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import os
 import re
 from collections.abc import Awaitable, Callable
@@ -48,21 +49,48 @@ HEADER = "Idempotency-Key"
 _NONCE_BYTES = 12
 _UNGUESSABLE = re.compile(r"^[A-Za-z0-9_-]{32,255}$")
 _MIN_DISTINCT = 6
+# A random key of 32+ characters repeats no 8 of them (for hex, about 1 in 10 million)
+# and does not mostly count up or down by one; a pattern a person typed does either.
+_LONGEST_REPEAT = 7
 
 
 def require_unguessable(key: str) -> None:
     """A key that stands alone (no caller identity) must be a random one.
 
     At least 32 characters of ``A-Z a-z 0-9 - _`` with at least 6 different
-    ones besides ``-``: a UUIDv4 (``uuid.uuid4()``), ``secrets.token_urlsafe(24)``
-    or ``secrets.token_hex(16)`` qualify; ``signup-1`` or a run of zeros do not.
+    ones besides ``-``, no run of 8 characters twice, and not mostly counting
+    up or down: a UUIDv4 (``uuid.uuid4()``), ``secrets.token_urlsafe(24)`` or
+    ``secrets.token_hex(16)`` qualify; ``signup-1``, a run of zeros, ``abcdef``
+    six times or the alphabet do not.
     """
-    if not _UNGUESSABLE.match(key) or len(set(key) - {"-"}) < _MIN_DISTINCT:
+    if not unguessable(key):
         raise invalid(
             HEADER,
             "on a public endpoint it must be unguessable: a UUIDv4 or at least 32 random"
             " characters of A-Z a-z 0-9 - _",
         )
+
+
+def unguessable(key: str) -> bool:
+    """Whether ``key`` looks random enough to stand in for a caller's identity."""
+    return bool(_UNGUESSABLE.match(key)) and not (
+        len(set(key) - {"-"}) < _MIN_DISTINCT or _repeats(key) or _counts(key)
+    )
+
+
+def _repeats(key: str) -> bool:
+    size = _LONGEST_REPEAT + 1
+    seen: set[str] = set()
+    for start in range(len(key) - size + 1):
+        if key[start : start + size] in seen:
+            return True
+        seen.add(key[start : start + size])
+    return False
+
+
+def _counts(key: str) -> bool:
+    steps = sum(abs(ord(b) - ord(a)) <= 1 for a, b in itertools.pairwise(key))
+    return 3 * steps > 2 * (len(key) - 1)
 
 
 class KeySecret:

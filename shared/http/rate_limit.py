@@ -5,11 +5,14 @@ A token bucket per address: ``burst`` requests at once, refilled at
 ``Retry-After`` before its body is read.  The buckets live in the process, so
 with N replicas behind a balancer a client gets up to N times the limit; the
 address is the TCP peer (a proxy in front must be trusted to do its own
-limiting, since ``X-Forwarded-For`` is whatever a client writes).
+limiting, since ``X-Forwarded-For`` is whatever a client writes).  An IPv6
+client holds at least a /64, so that prefix is its address here; otherwise it
+could take a fresh bucket per request and push everyone else's out.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections import OrderedDict
@@ -43,6 +46,7 @@ class RateLimiter:
         """Take one request from ``address``'s bucket, or raise 429."""
         if not self._limit.enabled:
             return
+        address = client_of(address)
         now = self._clock()
         rate = self._limit.per_minute / 60.0
         tokens, seen = self._buckets.pop(address, (float(self._limit.burst), now))
@@ -63,3 +67,16 @@ class RateLimiter:
         self._buckets[address] = (tokens, now)
         while len(self._buckets) > self.MAX_ADDRESSES:
             self._buckets.popitem(last=False)
+
+
+def client_of(address: str) -> str:
+    """The part of a peer address one client controls: an IPv4 address, an IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # no zone ("fe80::1%eth0")
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)

@@ -51,6 +51,11 @@ def _what_went_wrong(exc: BaseException | None) -> str:
 
 
 class _FrontDoorProtocol(RequestHandler):
+    def skip_lingering(self) -> None:
+        # The connection closes after this reply (it was force_closed), so this only
+        # affects the one request.
+        self._lingering_time = 0.0
+
     def handle_error(
         self,
         request: Any,
@@ -76,6 +81,20 @@ class _FrontDoorProtocol(RequestHandler):
         response.headers["Server"] = SERVER_NAME
         response.force_close()
         return response
+
+
+def close_without_reading_body(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """Close the connection after ``response`` without draining the rest of the body.
+
+    aiohttp drains an unread body for ``lingering_time`` after any reply, kept or
+    not, so a client could hold a connection that long per refused request.  For
+    a reply that refuses the body itself (too late, too large, over the limit)
+    nothing in the body can matter.
+    """
+    response.force_close()
+    protocol = request.protocol
+    if isinstance(protocol, _FrontDoorProtocol):
+        protocol.skip_lingering()
 
 
 class _FrontDoorServer(web.Server):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import pytest
 import pytest_asyncio
 
 from deploy.local.infra import free_port
@@ -26,6 +27,7 @@ from services.orders.__main__ import (
     OrdersSettings,
     compose,
 )
+from shared.migrations import PLUMBING_MIGRATIONS, migrate
 from shared.settings import Secret
 from tests.integration.catalog.conftest import (  # noqa: F401 - fixtures used by this package
     Account,
@@ -134,6 +136,19 @@ async def orders(infra: Infra, token_keys: TokenKeys, catalog: Catalog) -> Async
         start_orders(catalog, token_keys, dsn) as running,
     ):
         yield running
+
+
+@pytest.fixture
+async def migrated_orders_db(fresh_database: str) -> str:
+    """A fresh database with the orders tables, for tests of handlers and queries alone."""
+    conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(fresh_database)
+    try:
+        await migrate(
+            conn, [("plumbing", PLUMBING_MIGRATIONS), *EXTRA_MIGRATIONS, ("orders", MIGRATIONS)]
+        )
+    finally:
+        await conn.close()
+    return fresh_database
 
 
 @dataclass(frozen=True)

@@ -284,3 +284,58 @@ async def test_latest_skips_what_is_older_than_the_last_applied_and_allows_gaps(
         assert consumed(c.name, "parked") == 0
     rows = await pool.fetch("SELECT n FROM effects")
     assert sorted(row["n"] for row in rows) == [2, 5, 7, 100]
+
+
+async def test_strict_blames_a_released_event_not_the_one_that_filled_its_gap(
+    infra: Infra, pool: db.Pool, new_topic: NewTopic
+) -> None:
+    """2 arrives first and is parked; 1 fills the gap and releases 2, which cannot apply.
+
+    The event that fails is 2: it alone is dead-lettered and 1 applies.
+    """
+    topic = await new_topic(partitions=1)
+
+    async def refuse_two(conn: db.Connection, deliveries: Sequence[Delivery]) -> None:
+        await insert_effects(conn, deliveries)
+        if any(d.envelope.sequence == 2 for d in deliveries):
+            raise ValueError("cannot apply 2")
+
+    async with batch_consuming(infra, pool, topic, refuse_two, sequencing="strict") as consumer:
+        await produce_sequenced(infra, topic, [("o1", 2, 2)])
+        await caught_up(infra, consumer.name, topic)
+        await produce_sequenced(infra, topic, [("o1", 1, 1)])
+        (letter,) = await dead_letters(infra, topic, 1)
+        await caught_up(infra, consumer.name, topic)
+        async with pool.acquire() as conn:
+            assert await parked_events(conn, consumer.name) == []
+    assert [row["n"] for row in await pool.fetch("SELECT n FROM effects")] == [1]
+    assert headers_of(letter)["dlq-error"] == "cannot apply 2"
+
+
+async def test_strict_releases_what_waits_when_the_gap_filler_is_redelivered(
+    infra: Infra, pool: db.Pool, new_topic: NewTopic
+) -> None:
+    """A crash after 1 applied alone (its offset not committed) and before 2 was released."""
+    topic = await new_topic(partitions=1)
+    one = ping_message(1, "o1", 1)
+    async with batch_consuming(infra, pool, topic, insert_effects, sequencing="strict") as c:
+        await produce_sequenced(infra, topic, [("o1", 2, 2)])
+        await caught_up(infra, c.name, topic)
+        # What that crash leaves behind: 1 recorded and its position, 2 still parked.
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2)",
+                c.name,
+                one[2].event_id,
+            )
+            await conn.execute(
+                "INSERT INTO consumer_positions (consumer, topic, key, sequence)"
+                " VALUES ($1, $2, 'o1', 1)",
+                c.name,
+                topic,
+            )
+        await produce(infra.kafka_bootstrap, topic, [one[:2]])
+        await caught_up(infra, c.name, topic)
+        async with pool.acquire() as conn:
+            assert await parked_events(conn, c.name) == []
+    assert [row["n"] for row in await pool.fetch("SELECT n FROM effects")] == [2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Callable
 
 import pytest
 from cryptography.exceptions import InvalidTag
@@ -75,3 +76,32 @@ def test_a_key_digest_depends_on_the_secret_and_the_caller() -> None:
     assert one.open("anonymous", key, sealed) == b"token"
     with pytest.raises(InvalidTag):
         other.open("anonymous", key, sealed)
+
+
+def test_an_ipv6_client_cannot_escape_its_limit_by_changing_address_in_its_64() -> None:
+    # A client holds a whole /64; one bucket per address would give it 2**64 buckets and
+    # let it flush every other client's bucket out of the table.
+    limiter = RateLimiter(RateLimit(per_minute=6, burst=2))
+    limiter.admit("2001:db8:1:2::1")
+    limiter.admit("2001:db8:1:2:ffff::2")
+    with pytest.raises(HTTPProblem):
+        limiter.admit("2001:db8:1:2:abcd:ef01:2345:6789")
+    limiter.admit("2001:db8:1:3::1")  # the next /64 is someone else
+    limiter.admit("::ffff:10.0.0.1")  # an IPv4-mapped address is that IPv4 address
+    limiter.admit("10.0.0.1")
+    with pytest.raises(HTTPProblem):
+        limiter.admit("::ffff:10.0.0.1")
+    limiter.admit("unknown")  # not an address at all is still one bucket
+
+
+@pytest.mark.parametrize("kind", ["uuid", "token_urlsafe", "token_hex"])
+def test_random_keys_qualify_many_times(kind: str) -> None:
+    # The pattern checks must not refuse a client's honest random key by bad luck.
+    makers: dict[str, Callable[[], str]] = {
+        "uuid": lambda: str(uuid.uuid4()),
+        "token_urlsafe": lambda: secrets.token_urlsafe(24),
+        "token_hex": lambda: secrets.token_hex(16),
+    }
+    make = makers[kind]
+    for _ in range(2000):
+        require_unguessable(make())

@@ -60,6 +60,15 @@ def test_the_missing_event_releases_what_was_parked_before() -> None:
     assert parked["o"].keys() == {3, 4, 6}  # inputs untouched
 
 
+def test_without_release_the_missing_event_applies_alone() -> None:
+    """How the runner tells a failing released successor from the event that released it."""
+    parked = {"o": {3: delivery("o", 3)}}
+    decided = plan("strict", {"o": 1}, parked, [delivery("o", 2)], release=False)
+    assert sequences(decided.apply) == [2]
+    assert decided.released == []
+    assert decided.positions == {"o": 2}
+
+
 def test_stale_duplicates_and_unsequenced_events() -> None:
     chunk = [
         delivery("o", 2),

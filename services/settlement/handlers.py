@@ -1,0 +1,361 @@
+"""Settlement's use cases, each inside the caller's transaction.
+
+``settle_order_events`` books a chunk of order events set-wise: it loads what
+the chunk's orders need in a few queries, applies the events in memory in each
+order's sequence (``domain``), and writes every table with one statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+
+from services.settlement import store
+from services.settlement.domain import (
+    ChargedComponent,
+    ChargeRecord,
+    JournalEntry,
+    LedgerRefused,
+    OrderBook,
+    PayoutPlan,
+    RefundRecord,
+    book_charge,
+    book_refund,
+    paid_entry,
+    payout_entry,
+    plan_payouts,
+    release,
+)
+from shared import outbox
+from shared.contracts import payouts as payout_contract
+from shared.contracts.envelope import Envelope, Event, decode_envelope, encode_envelope
+from shared.contracts.orders import (
+    Charge,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderFulfilled,
+    OrderPlaced,
+    OrderRefunded,
+    OrderState,
+    UsageRecorded,
+)
+from shared.db import Connection
+from shared.ids import new_id
+
+PRODUCER = "settlement"
+OrderEvent = tuple[Envelope, Event]
+DecodeEvent = Callable[[Envelope], Event]
+
+_NEEDS_CHARGES = (OrderRefunded, OrderFulfilled)
+
+
+def order_id_of(event: Event) -> str:
+    if isinstance(event, OrderPlaced | OrderConfirmed | OrderFulfilled | OrderCancelled):
+        return event.order.order_id
+    if isinstance(event, OrderRefunded | UsageRecorded):
+        return event.order_id
+    raise LedgerRefused(f"{type(event).__name__} is not an order event")
+
+
+def _component(charge: Charge) -> ChargedComponent:
+    return ChargedComponent(
+        charge_id=charge.charge_id,
+        kind=charge.kind,
+        order_id=charge.order_id,
+        line_id=charge.line_id,
+        offering_id=charge.offering_id,
+        component_index=charge.component_index,
+        owner_id=charge.owner_id,
+        partner_id=charge.partner_id,
+        role=charge.role,
+        agreement_id=charge.agreement_id,
+        share_bps=charge.share_bps,
+        amount=charge.amount,
+        currency=charge.currency,
+    )
+
+
+def _book_of(order: OrderState) -> OrderBook:
+    return OrderBook(
+        order_id=order.order_id,
+        customer_id=order.customer_id,
+        currency=order.currency,
+        status=order.status,
+        last_sequence=0,
+        placed_at=order.placed_at,
+        placed_total=order.total,
+    )
+
+
+@dataclass
+class _Booked:
+    """What one chunk adds, written at the end with one statement per table."""
+
+    charges: list[ChargeRecord]
+    refunds: list[RefundRecord]
+    entries: list[JournalEntry]
+    parked: list[tuple[str, int, bytes]]
+
+    def add(self, record: ChargeRecord | RefundRecord, entry: JournalEntry | None) -> None:
+        if isinstance(record, ChargeRecord):
+            self.charges.append(record)
+        else:
+            self.refunds.append(record)
+        if entry is not None:
+            self.entries.append(entry)
+
+
+def _apply(
+    book: OrderBook | None, envelope: Envelope, event: Event, fee_bps: int, booked: _Booked
+) -> OrderBook:
+    """One event on its order's book; returns the book (created by the order's first event)."""
+    at, event_id = envelope.occurred_at, envelope.event_id
+    if isinstance(event, OrderPlaced | OrderConfirmed | OrderFulfilled | OrderCancelled):
+        book = book or _book_of(event.order)
+        book.status = event.order.status
+    if isinstance(event, OrderConfirmed):
+        assert book is not None
+        for charge in event.charges:
+            booked.add(
+                *book_charge(
+                    book, _component(charge), fee_bps=fee_bps, booked_at=at, event_id=event_id
+                )
+            )
+    elif isinstance(event, OrderFulfilled):
+        assert book is not None
+        entry = release(book, booked_at=at, event_id=event_id)
+        if entry is not None:
+            booked.entries.append(entry)
+    elif isinstance(event, UsageRecorded):
+        if book is None:
+            book = OrderBook(
+                order_id=event.order_id,
+                customer_id=event.customer_id,
+                currency=event.charge.currency,
+                status="confirmed",
+                last_sequence=0,
+                placed_at=at,
+                placed_total=0,
+            )
+        booked.add(
+            *book_charge(
+                book, _component(event.charge), fee_bps=fee_bps, booked_at=at, event_id=event_id
+            )
+        )
+    elif isinstance(event, OrderRefunded):
+        if book is None:
+            raise LedgerRefused(f"refund for order {event.order_id}, which was never charged")
+        for refund in event.refunds:
+            booked.add(
+                *book_refund(
+                    book,
+                    refund_id=refund.refund_id,
+                    charge_id=refund.charge_id,
+                    amount=refund.amount,
+                    currency=refund.currency,
+                    booked_at=at,
+                    event_id=event_id,
+                )
+            )
+    assert book is not None
+    return book
+
+
+async def settle_order_events(
+    conn: Connection, events: Sequence[OrderEvent], *, fee_bps: int, decode: DecodeEvent
+) -> None:
+    """Book a chunk of order events (new ones only: the consumer dedupes by event id).
+
+    Each order's events apply in its sequence: one already applied (a stale
+    or replayed copy) changes nothing; one that comes after a gap is parked
+    and applied once the gap fills, never around it.
+    """
+    while events:
+        touched = await _settle_once(conn, events, fee_bps=fee_bps)
+        # Parked events that now come next apply in the same transaction.
+        parked = await store.take_parked(conn, touched)
+        events = [(envelope, decode(envelope)) for envelope in map(decode_envelope, parked)]
+
+
+async def _settle_once(
+    conn: Connection, events: Sequence[OrderEvent], *, fee_bps: int
+) -> dict[str, int]:
+    order_ids = list(dict.fromkeys(order_id_of(event) for _, event in events))
+    books = await store.order_books(conn, order_ids)
+    needing_charges = {
+        order_id_of(event) for _, event in events if isinstance(event, _NEEDS_CHARGES)
+    }
+    await store.load_charges(conn, {o: b for o, b in books.items() if o in needing_charges})
+    booked = _Booked([], [], [], [])
+    changed: dict[str, OrderBook] = {}
+    for envelope, event in events:
+        order_id = order_id_of(event)
+        book = books.get(order_id)
+        sequence = envelope.sequence
+        if sequence is not None:
+            applied_up_to = book.last_sequence if book is not None else 0
+            if sequence <= applied_up_to:
+                continue
+            if sequence > applied_up_to + 1:
+                booked.parked.append((order_id, sequence, encode_envelope(envelope)))
+                continue
+        book = _apply(book, envelope, event, fee_bps, booked)
+        if sequence is not None:
+            book.last_sequence = sequence
+        books[order_id] = changed[order_id] = book
+    await store.save_order_books(conn, changed.values())
+    await store.insert_charges(conn, booked.charges)
+    await store.insert_refunds(conn, booked.refunds)
+    await store.insert_entries(conn, booked.entries)
+    await store.park(conn, booked.parked)
+    return {order_id: book.last_sequence + 1 for order_id, book in changed.items()}
+
+
+@dataclass(frozen=True)
+class PayoutMade:
+    payout_id: str
+    partner_id: str
+    amount: int
+    currency: str
+    reference: str
+
+
+def payout_reference(payout_id: str) -> str:
+    """What the bank statement carries: short, unique, upper case as banks print it."""
+    return "MP-" + payout_id.removeprefix("pay_").upper()
+
+
+async def run_payouts(conn: Connection, as_of: datetime, now: datetime) -> list[PayoutMade]:
+    """Pay every partner's positive available balance at ``as_of``, once.
+
+    Runs take turns on an advisory lock, and each partner and currency is paid
+    at most once per ``as_of`` (a unique constraint), so the same ``as_of``
+    again, or two runs at once, pay nothing twice.
+    """
+    await store.lock_payout_runs(conn)
+    made: list[PayoutMade] = []
+    for plan in plan_payouts(await store.payable_by_order(conn, as_of)):
+        payout_id = new_id("pay")
+        reference = payout_reference(payout_id)
+        if not await store.insert_payout(
+            conn,
+            payout_id=payout_id,
+            partner_id=plan.partner_id,
+            currency=plan.currency,
+            amount=plan.amount,
+            reference=reference,
+            as_of=as_of,
+        ):
+            continue
+        await store.insert_entries(conn, [payout_entry(payout_id, plan, now)])
+        payout = PayoutMade(payout_id, plan.partner_id, plan.amount, plan.currency, reference)
+        await _record_payout(conn, payout, as_of, payout_contract.PayoutInitiated, None)
+        made.append(payout)
+    return made
+
+
+async def _record_payout(
+    conn: Connection,
+    payout: PayoutMade,
+    as_of: datetime,
+    event_type: type[payout_contract.PayoutInitiated] | type[payout_contract.PayoutPaid],
+    booked_at: datetime | None,
+) -> None:
+    state = payout_contract.PayoutState(
+        payout_id=payout.payout_id,
+        partner_id=payout.partner_id,
+        amount=payout.amount,
+        currency=payout.currency,
+        reference=payout.reference,
+        as_of=as_of,
+        status="pending" if booked_at is None else "paid",
+    )
+    event: Event = (
+        payout_contract.PayoutInitiated(payout=state)
+        if booked_at is None
+        else payout_contract.PayoutPaid(payout=state, booked_at=booked_at)
+    )
+    await outbox.append(
+        conn, payout_contract.TOPIC, event, key=payout.partner_id, producer=PRODUCER
+    )
+
+
+@dataclass(frozen=True)
+class BankLine:
+    reference: str
+    amount: int
+    booked_at: datetime
+
+
+@dataclass(frozen=True)
+class LineOutcome:
+    reference: str
+    expected: int | None
+    booked: int | None
+    currency: str | None = None
+    payout_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    reconciliation_id: str
+    matched: list[LineOutcome]
+    missing: list[LineOutcome]
+    unexpected: list[LineOutcome]
+    mismatched: list[LineOutcome]
+
+
+async def reconcile(conn: Connection, lines: Sequence[BankLine]) -> Reconciled:
+    """Match a bank statement to payouts by reference; matched payouts become paid.
+
+    A payout already paid by an earlier statement is reported matched again
+    and moves no money, so the same statement twice changes nothing.  A second
+    line with a reference already seen in this statement is unexpected: the
+    bank booked something twice.
+    """
+    found = {row["reference"]: row for row in await store.payouts_by_reference(
+        conn, sorted({line.reference for line in lines})
+    )}  # fmt: skip
+    matched: list[LineOutcome] = []
+    unexpected: list[LineOutcome] = []
+    mismatched: list[LineOutcome] = []
+    seen: set[str] = set()
+    for line in lines:
+        payout = found.get(line.reference)
+        if payout is None or line.reference in seen:
+            unexpected.append(LineOutcome(line.reference, None, line.amount))
+            continue
+        seen.add(line.reference)
+        outcome = LineOutcome(
+            line.reference, payout["amount"], line.amount, payout["currency"], payout["payout_id"]
+        )
+        if line.amount != payout["amount"]:
+            mismatched.append(outcome)
+            continue
+        matched.append(outcome)
+        if payout["status"] == "pending":
+            await _settle_payout(conn, payout, line.booked_at)
+    missing = [
+        LineOutcome(row["reference"], row["amount"], None, row["currency"], row["payout_id"])
+        for row in await store.payouts_in_transit(conn)
+        if row["reference"] not in seen
+    ]
+    return Reconciled(new_id("rec"), matched, missing, unexpected, mismatched)
+
+
+async def _settle_payout(conn: Connection, payout: asyncpg.Record, booked_at: datetime) -> None:
+    payout_id: str = payout["payout_id"]
+    plan = PayoutPlan(
+        payout["partner_id"], payout["currency"], tuple(await store.payout_items(conn, payout_id))
+    )
+    await store.mark_paid(conn, payout_id, booked_at)
+    await store.insert_entries(conn, [paid_entry(payout_id, plan, booked_at)])
+    made = PayoutMade(payout_id, plan.partner_id, plan.amount, plan.currency, payout["reference"])
+    await _record_payout(conn, made, payout["as_of"], payout_contract.PayoutPaid, booked_at)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

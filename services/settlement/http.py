@@ -1,0 +1,383 @@
+"""Settlement routes: decode, call the use case in a unit of work, encode. Nothing else."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from services.settlement import handlers, store
+from services.settlement.api import (
+    AccountBalance,
+    Balance,
+    BalanceQuery,
+    BankStatement,
+    Disagreement,
+    ListPayouts,
+    OrderCheck,
+    PayoutMadeView,
+    PayoutPage,
+    PayoutRun,
+    PayoutView,
+    ReconciledLine,
+    ReconciliationReport,
+    RunPayouts,
+    SplitView,
+    StatementLine,
+    StatementPage,
+    StatementQuery,
+    ThreeWayPage,
+    ThreeWayQuery,
+    TrialBalance,
+)
+from shared.errors import NotFound
+from shared.http.api import Api, Call
+from shared.http.fields import ResourceId
+from shared.http.pagination import cursor_of_type, encode_cursor
+from shared.http.problems import bad_request, invalid
+from shared.money import Money
+from shared.tokens import Principal, Role
+
+Clock = Callable[[], datetime]
+
+OPERATOR: frozenset[Role] = frozenset({"operator"})
+PARTNER_OR_OPERATOR: frozenset[Role] = frozenset({"partner", "operator"})
+DEFAULT_CURRENCY = "USD"
+_BANK_COLUMNS = ("reference", "amount", "booked_at")
+
+
+@dataclass(frozen=True)
+class SettlementHttp:
+    clock: Clock = handlers.utc_now
+
+
+def _path_id(call: Call[Any, Any], name: str, what: str) -> str:
+    """Ids in paths are checked for shape; a malformed one simply does not exist."""
+    value = call.path(name)
+    try:
+        msgspec.convert(value, ResourceId)
+    except msgspec.ValidationError:
+        raise NotFound(f"{what} {value[:64]}") from None
+    return value
+
+
+def _own_partner(caller: Principal, partner_id: str) -> None:
+    """A partner sees only its own money; anyone else's answers 404, as if it did not exist."""
+    if caller.role != "operator" and caller.subject != partner_id:
+        raise NotFound(f"partner {partner_id}")
+
+
+def read_bank_csv(raw: bytes) -> dict[str, Any]:
+    """A bank statement as CSV (header ``reference,amount,booked_at``) in the JSON shape."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise bad_request("the CSV is not UTF-8") from None
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise bad_request(f"the CSV cannot be read: {exc}") from None
+    if not rows or tuple(cell.strip() for cell in rows[0]) != _BANK_COLUMNS:
+        raise invalid("body", f"the CSV's first row must be {','.join(_BANK_COLUMNS)}")
+    lines: list[dict[str, str]] = []
+    for number, row in enumerate(rows[1:]):
+        if not row:
+            continue
+        if len(row) != len(_BANK_COLUMNS):
+            raise invalid(f"lines[{number}]", f"needs {len(_BANK_COLUMNS)} columns")
+        lines.append(dict(zip(_BANK_COLUMNS, (cell.strip() for cell in row), strict=True)))
+    return {"lines": lines}
+
+
+def _money(amount: int, currency: str) -> Money:
+    return Money(amount=amount, currency=currency)
+
+
+def _split_of(row: asyncpg.Record) -> SplitView | None:
+    if row["kind"] == "charge" and row["c_gross"] is not None:
+        return SplitView(
+            gross=row["c_gross"], fee_bps=row["c_fee_bps"], fee=row["c_fee"],
+            share_bps=row["c_share_bps"], share=row["c_share"], margin=row["c_margin"],
+            rule=row["c_rule"],
+        )  # fmt: skip
+    if row["kind"] == "refund" and row["r_gross"] is not None:
+        return SplitView(
+            gross=row["r_gross"], fee_bps=row["c_fee_bps"] or 0, fee=row["r_fee"],
+            share_bps=row["c_share_bps"] or 0, share=row["r_share"], margin=row["r_margin"],
+            rule=row["r_rule"],
+        )  # fmt: skip
+    return None
+
+
+_ACCOUNT_NAMES = {
+    "partner_pending": "pending",
+    "partner_available": "available",
+    "payouts_in_transit": "in_transit",
+}
+
+
+def _statement_line(row: asyncpg.Record) -> StatementLine:
+    return StatementLine(
+        id=f"{row['entry_id']}#{row['line']}",
+        booked_at=row["booked_at"],
+        kind=row["kind"],
+        account=_ACCOUNT_NAMES[row["account"]],
+        part=row["part"],
+        amount=_money(row["amount"], row["currency"]),
+        order_id=row["order_id"],
+        charge_id=row["charge_id"],
+        refund_id=row["refund_id"],
+        payout_id=row["payout_id"],
+        reference=row["reference"],
+        split=_split_of(row),
+    )
+
+
+def _report(reconciled: handlers.Reconciled, created_at: datetime) -> ReconciliationReport:
+    def line(outcome: handlers.LineOutcome) -> ReconciledLine:
+        currency = outcome.currency or DEFAULT_CURRENCY
+        return ReconciledLine(
+            reference=outcome.reference,
+            expected=_money(outcome.expected, currency) if outcome.expected is not None else None,
+            booked=_money(outcome.booked, currency) if outcome.booked is not None else None,
+            payout_id=outcome.payout_id,
+        )
+
+    return ReconciliationReport(
+        id=reconciled.reconciliation_id,
+        created_at=created_at,
+        matched=[line(o) for o in reconciled.matched],
+        missing=[line(o) for o in reconciled.missing],
+        unexpected=[line(o) for o in reconciled.unexpected],
+        mismatched=[line(o) for o in reconciled.mismatched],
+    )
+
+
+def _order_check(row: asyncpg.Record) -> OrderCheck:
+    currency = row["currency"]
+    charged, ledger = row["charged"], row["receivable"]
+    fees, owed, paid_out = row["fees"], row["owed_to_partners"], row["paid_out"]
+    disagreements: list[Disagreement] = []
+    if ledger != charged:
+        disagreements.append(
+            Disagreement(
+                "ledger_matches_orders", f"orders charged {charged}, ledger holds {ledger}"
+            )
+        )
+    if fees + owed != ledger:
+        disagreements.append(
+            Disagreement(
+                "ledger_balances",
+                f"fees {fees} and partners' {owed} do not add up to the {ledger} receivable",
+            )
+        )
+    if paid_out > owed:
+        disagreements.append(
+            Disagreement(
+                "paid_within_owed",
+                f"paid out {paid_out}, more than the {owed} partners are owed: refunded after"
+                " payout, the partners owe the difference back",
+            )
+        )
+    if paid_out and row["status"] != "fulfilled":
+        disagreements.append(
+            Disagreement("paid_after_fulfilment", f"paid out {paid_out} before fulfilment")
+        )
+    return OrderCheck(
+        order_id=row["order_id"],
+        status=row["status"],
+        charged=_money(charged, currency),
+        ledger=_money(ledger, currency),
+        fees=_money(fees, currency),
+        owed_to_partners=_money(owed, currency),
+        paid_out=_money(paid_out, currency),
+        agrees=not disagreements,
+        disagreements=disagreements,
+    )
+
+
+def build_api(deps: SettlementHttp) -> Api:
+    api = Api("Partner marketplace: settlement")
+    route = api.route
+
+    @route(
+        "GET", "/v1/balances/{partner_id}", summary="Read a partner's balances",
+        roles=PARTNER_OR_OPERATOR, query=BalanceQuery, response=Balance, tag="balances",
+    )  # fmt: skip
+    async def get_balance(call: Call[None, BalanceQuery]) -> Balance:
+        partner_id = _path_id(call, "partner_id", "partner")
+        _own_partner(call.caller, partner_id)
+        async with call.connection() as conn:
+            currency = call.query.currency
+            if currency is None:
+                known = await store.partner_currencies(conn, partner_id)
+                currency = known[0] if known else DEFAULT_CURRENCY
+            owed = await store.partner_balances(conn, partner_id, currency)
+        return Balance(
+            partner_id=partner_id,
+            currency=currency,
+            pending=_money(owed.get("partner_pending", 0), currency),
+            available=_money(owed.get("partner_available", 0), currency),
+            in_transit=_money(owed.get("payouts_in_transit", 0), currency),
+            paid=_money(owed.get("paid", 0), currency),
+        )
+
+    @route(
+        "GET", "/v1/statements/{partner_id}", summary="Read a partner's ledger lines",
+        roles=PARTNER_OR_OPERATOR, query=StatementQuery, response=StatementPage,
+        tag="balances",
+    )  # fmt: skip
+    async def get_statement(call: Call[None, StatementQuery]) -> StatementPage:
+        partner_id = _path_id(call, "partner_id", "partner")
+        _own_partner(call.caller, partner_id)
+        query = call.query
+        after: tuple[datetime, str, int] | None = None
+        if query.cursor is not None:
+            at, entry_id, line = cursor_of_type(query.cursor, str, str, int)
+            try:
+                after = (datetime.fromisoformat(at), entry_id, line)
+            except ValueError:
+                raise invalid("cursor", "not a cursor this list returned") from None
+        async with call.connection() as conn:
+            rows = await store.statement_lines(
+                conn,
+                partner_id,
+                since=query.since,
+                until=query.until,
+                after=after,
+                limit=query.limit + 1,
+            )
+        page = rows[: query.limit]
+        next_cursor = None
+        if len(rows) > query.limit:
+            last = page[-1]
+            next_cursor = encode_cursor(
+                [last["booked_at"].isoformat(), last["entry_id"], last["line"]]
+            )
+        return StatementPage(
+            partner_id=partner_id,
+            items=[_statement_line(row) for row in page],
+            next_cursor=next_cursor,
+        )
+
+    @route(
+        "POST", "/v1/payouts/run", summary="Pay out every partner's available balance",
+        roles=OPERATOR, body=RunPayouts, response=PayoutRun, status=201, tag="payouts",
+    )  # fmt: skip
+    async def run_payouts(call: Call[RunPayouts, None]) -> PayoutRun:
+        async with call.transaction() as conn:
+            made = await handlers.run_payouts(conn, call.body.as_of, deps.clock())
+        return PayoutRun(
+            payouts=[
+                PayoutMadeView(
+                    id=p.payout_id,
+                    partner_id=p.partner_id,
+                    amount=_money(p.amount, p.currency),
+                    reference=p.reference,
+                )
+                for p in made
+            ]
+        )
+
+    @route(
+        "GET", "/v1/payouts", summary="List payouts", roles=PARTNER_OR_OPERATOR,
+        query=ListPayouts, response=PayoutPage, tag="payouts",
+    )  # fmt: skip
+    async def list_payouts(call: Call[None, ListPayouts]) -> PayoutPage:
+        partner_id = call.query.partner_id
+        if call.caller.role == "partner":
+            if partner_id is not None:
+                _own_partner(call.caller, partner_id)
+            partner_id = call.caller.subject
+        after = cursor_of_type(call.query.cursor, str)[0] if call.query.cursor else None
+        async with call.connection() as conn:
+            rows = await store.payouts(
+                conn, partner_id=partner_id, after=after, limit=call.query.limit + 1
+            )
+        page = rows[: call.query.limit]
+        more = len(rows) > call.query.limit
+        return PayoutPage(
+            items=[
+                PayoutView(
+                    id=row["payout_id"],
+                    partner_id=row["partner_id"],
+                    amount=_money(row["amount"], row["currency"]),
+                    reference=row["reference"],
+                    as_of=row["as_of"],
+                    status=row["status"],
+                    created_at=row["created_at"],
+                    paid_at=row["paid_at"],
+                )
+                for row in page
+            ],
+            next_cursor=encode_cursor([page[-1]["payout_id"]]) if more else None,
+        )
+
+    @route(
+        "POST", "/v1/reconciliations", summary="Reconcile a bank statement with payouts",
+        roles=OPERATOR, body=BankStatement, response=ReconciliationReport, status=201,
+        tag="payouts", also_accepts={"text/csv": read_bank_csv},
+    )  # fmt: skip
+    async def create_reconciliation(call: Call[BankStatement, None]) -> ReconciliationReport:
+        lines = [
+            handlers.BankLine(line.reference, line.amount, line.booked_at)
+            for line in call.body.lines
+        ]
+        async with call.transaction() as conn:
+            reconciled = await handlers.reconcile(conn, lines)
+            report = _report(reconciled, deps.clock())
+            await store.insert_reconciliation(conn, report.id, report)
+        return report
+
+    @route(
+        "GET", "/v1/reconciliations/{reconciliation_id}", summary="Read a reconciliation report",
+        roles=OPERATOR, response=ReconciliationReport, tag="payouts",
+    )  # fmt: skip
+    async def get_reconciliation(call: Call[None, None]) -> ReconciliationReport:
+        reconciliation_id = _path_id(call, "reconciliation_id", "reconciliation")
+        async with call.connection() as conn:
+            stored = await store.reconciliation(conn, reconciliation_id)
+        if stored is None:
+            raise NotFound(f"reconciliation {reconciliation_id}")
+        return msgspec.json.decode(stored, type=ReconciliationReport)
+
+    @route(
+        "GET", "/v1/checks/three-way", summary="Check orders, ledger and payouts agree",
+        roles=OPERATOR, query=ThreeWayQuery, response=ThreeWayPage, tag="checks",
+    )  # fmt: skip
+    async def three_way_check(call: Call[None, ThreeWayQuery]) -> ThreeWayPage:
+        query = call.query
+        after = cursor_of_type(query.cursor, str)[0] if query.cursor else None
+        async with call.connection() as conn:
+            rows = await store.three_way(
+                conn, since=query.since, until=query.until, after=after, limit=query.limit + 1
+            )
+        page = rows[: query.limit]
+        more = len(rows) > query.limit
+        return ThreeWayPage(
+            items=[_order_check(row) for row in page],
+            next_cursor=encode_cursor([page[-1]["order_id"]]) if more else None,
+        )
+
+    @route(
+        "GET", "/v1/ledger/trial-balance", summary="Read the trial balance",
+        roles=OPERATOR, response=TrialBalance, tag="checks",
+    )  # fmt: skip
+    async def trial_balance(call: Call[None, None]) -> TrialBalance:
+        async with call.connection() as conn:
+            rows = await store.trial_balance(conn)
+        totals: dict[str, int] = {}
+        accounts = []
+        for row in rows:
+            name = row["account"] + (f":{row['partner_id']}" if row["partner_id"] else "")
+            accounts.append(AccountBalance(name, row["currency"], row["balance"]))
+            totals[row["currency"]] = totals.get(row["currency"], 0) + row["balance"]
+        return TrialBalance(accounts=accounts, totals=totals)
+
+    return api

@@ -1,0 +1,194 @@
+"""The ledger's rules, held by PostgreSQL itself, and chunks of order events booked set-wise."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from services.settlement import store
+from services.settlement.consumers import OrderEventBooker
+from shared import db
+from shared.consumer import Delivery
+from shared.ids import new_id
+from tests.integration.settlement.order_events import OrderEvent, OrderScript, Part
+
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def three_partners() -> tuple[str, str, str, Part, Part, Part]:
+    owner, isv, integrator = new_id("ptr"), new_id("ptr"), new_id("ptr")
+    return (
+        owner,
+        isv,
+        integrator,
+        Part(isv, "isv", 7_000, new_id("agr")),
+        Part(integrator, "integrator", 9_000, new_id("agr")),
+        Part(owner, "managed_service", 10_000),
+    )
+
+
+async def book(pool: db.Pool, events: list[OrderEvent]) -> None:
+    async with db.unit_of_work(pool) as conn:
+        await OrderEventBooker(300).apply(conn, [Delivery(e, event) for e, event in events])
+
+
+async def owed(pool: db.Pool, partner_id: str) -> dict[str, int]:
+    async with pool.acquire() as conn:
+        found = await store.partner_balances(conn, partner_id, "USD")
+    return {
+        "pending": found.get("partner_pending", 0),
+        "available": found.get("partner_available", 0),
+    }
+
+
+async def post_entry(pool: db.Pool, entry_id: str, postings: str) -> None:
+    """An entry and its postings in one transaction, written by hand."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO journal_entries (entry_id, kind, booked_at) VALUES ($1, 'charge', now())",
+            entry_id,
+        )
+        await conn.execute(
+            "INSERT INTO postings (entry_id, line, account, partner_id, currency, amount, part)"
+            f" VALUES {postings}"
+        )
+
+
+async def test_an_unbalanced_insert_is_refused_by_the_database(ledger_pool: db.Pool) -> None:
+    with pytest.raises(asyncpg.CheckViolationError, match="does not balance"):
+        await post_entry(
+            ledger_pool,
+            "charge:x",
+            "('charge:x', 1, 'customer_receivables', NULL, 'USD', 100, 'gross'),"
+            " ('charge:x', 2, 'fee_revenue', NULL, 'USD', -99, 'fee')",
+        )
+    # Zero in sum, but across two currencies: refused too.
+    with pytest.raises(asyncpg.CheckViolationError, match="does not balance"):
+        await post_entry(
+            ledger_pool,
+            "charge:y",
+            "('charge:y', 1, 'customer_receivables', NULL, 'USD', 100, 'gross'),"
+            " ('charge:y', 2, 'fee_revenue', NULL, 'EUR', -100, 'fee')",
+        )
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="does not exist"):
+        await post_entry(
+            ledger_pool,
+            "charge:w",
+            "('charge:ghost', 1, 'customer_receivables', NULL, 'USD', 100, 'gross'),"
+            " ('charge:ghost', 2, 'fee_revenue', NULL, 'USD', -100, 'fee')",
+        )
+    await post_entry(
+        ledger_pool,
+        "charge:z",
+        "('charge:z', 1, 'customer_receivables', NULL, 'USD', 100, 'gross'),"
+        " ('charge:z', 2, 'fee_revenue', NULL, 'USD', -100, 'fee')",
+    )
+    async with ledger_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM postings") == 2
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE postings SET amount = amount * 2",
+        "DELETE FROM postings",
+        "TRUNCATE postings CASCADE",
+        "UPDATE journal_entries SET booked_at = now()",
+        "DELETE FROM journal_entries",
+        "UPDATE charges SET fee = 0",
+        "DELETE FROM refunds",
+    ],
+)
+async def test_written_ledger_rows_cannot_be_changed(ledger_pool: db.Pool, statement: str) -> None:
+    owner, _, _, isv_part, _, _ = three_partners()
+    order = OrderScript(customer_id=new_id("cus"), owner_id=owner)
+    charge = order.charge(isv_part, 10_000, 0)
+    events = [order.placed(10_000), order.confirmed([charge]), order.refunded([(charge, 1)])]
+    await book(ledger_pool, events)
+    async with ledger_pool.acquire() as conn:
+        before = await conn.fetchval("SELECT sum(abs(amount)) FROM postings")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await conn.execute(statement)
+        assert await conn.fetchval("SELECT sum(abs(amount)) FROM postings") == before
+
+
+async def test_a_chunk_books_each_partners_share_to_the_minor_unit(ledger_pool: db.Pool) -> None:
+    owner, isv, integrator, isv_part, integrator_part, own_part = three_partners()
+    order = OrderScript(customer_id=new_id("cus"), owner_id=owner)
+    isv_charge = order.charge(isv_part, 199_998, 0)
+    integrator_charge = order.charge(integrator_part, 49_998, 1)
+    await book(
+        ledger_pool,
+        [
+            order.placed(249_996),
+            order.confirmed([isv_charge, integrator_charge]),
+            order.usage(own_part, 2, unit_amount=37, quantity=1_234),
+        ],
+    )
+    # ISV 199,998 at 70 %: fee 5,999.94 / share 135,798.642 / margin 58,199.418 -> floors
+    # leave 2 units for the largest remainders, fee and share: 6,000 / 135,799 / 58,199.
+    # Integrator 49,998 at 90 %: 1,499.94 / 43,648.254 / 4,849.806 -> 1,500 / 43,648 / 4,850.
+    # Usage 1,234 x 37 = 45,658, the owner's own: fee 1,369.74 -> 1,370, share 44,288.
+    assert await owed(ledger_pool, isv) == {"pending": 135_799, "available": 0}
+    assert await owed(ledger_pool, integrator) == {"pending": 43_648, "available": 0}
+    assert await owed(ledger_pool, owner) == {"pending": 58_199 + 4_850 + 44_288, "available": 0}
+
+    await book(ledger_pool, [order.fulfilled()])
+    assert await owed(ledger_pool, isv) == {"pending": 0, "available": 135_799}
+    assert await owed(ledger_pool, owner) == {"pending": 0, "available": 107_337}
+
+    # After fulfilment usage is available at once; a refund takes from what is available.
+    await book(
+        ledger_pool,
+        [
+            order.usage(own_part, 2, unit_amount=37, quantity=100),
+            order.refunded([(isv_charge, 199_998)]),
+        ],
+    )
+    assert await owed(ledger_pool, isv) == {"pending": 0, "available": 0}
+    # 3,700 usage: fee 111, share 3,589; the ISV charge's margin 58,199 goes back.
+    assert await owed(ledger_pool, owner) == {"pending": 0, "available": 107_337 + 3_589 - 58_199}
+
+
+async def test_the_same_events_twice_change_nothing(ledger_pool: db.Pool) -> None:
+    owner, isv, _, isv_part, _, _ = three_partners()
+    order = OrderScript(customer_id=new_id("cus"), owner_id=owner)
+    charge = order.charge(isv_part, 10_000, 0)
+    events = [order.placed(10_000), order.confirmed([charge]), order.fulfilled()]
+    await book(ledger_pool, events)
+    first = await owed(ledger_pool, isv)
+    await book(ledger_pool, events)
+    await book(ledger_pool, events[1:2])
+    assert await owed(ledger_pool, isv) == first == {"pending": 0, "available": 6_790}
+
+
+async def test_an_event_after_a_gap_waits_until_the_gap_fills(ledger_pool: db.Pool) -> None:
+    owner, isv, _, isv_part, _, _ = three_partners()
+    order = OrderScript(customer_id=new_id("cus"), owner_id=owner)
+    charge = order.charge(isv_part, 10_000, 0)
+    placed, confirmed, fulfilled = (
+        order.placed(10_000),
+        order.confirmed([charge]),
+        order.fulfilled(),
+    )
+    await book(ledger_pool, [fulfilled])
+    await book(ledger_pool, [placed])
+    assert await owed(ledger_pool, isv) == {"pending": 0, "available": 0}
+    async with ledger_pool.acquire() as conn:
+        assert await store.parked_count(conn) == 1
+    # The missing event arrives: it applies, then the parked one after it.
+    await book(ledger_pool, [confirmed])
+    assert await owed(ledger_pool, isv) == {"pending": 0, "available": 6_790}
+    async with ledger_pool.acquire() as conn:
+        assert await store.parked_count(conn) == 0
+
+
+async def test_events_out_of_order_in_one_chunk_apply_in_sequence(ledger_pool: db.Pool) -> None:
+    owner, isv, _, isv_part, _, _ = three_partners()
+    order = OrderScript(customer_id=new_id("cus"), owner_id=owner)
+    charge = order.charge(isv_part, 10_000, 0)
+    events = [order.placed(10_000), order.confirmed([charge]), order.fulfilled()]
+    await book(ledger_pool, list(reversed(events)))
+    assert await owed(ledger_pool, isv) == {"pending": 0, "available": 6_790}
