@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
 
+import pytest
+
 from tests.e2e.marketplace import (
     INTEGRATOR_SHARE_BPS,
     ISV_SHARE_BPS,
@@ -32,6 +34,8 @@ from tests.e2e.verify import verify_books
 from tests.support.invariants import DEFAULT_FEE_BPS, FULL_BPS, Parts, UsageReport, split
 from tests.support.stack import Stack
 
+# Several processes started and waited for, on a machine CI and benchmarks share.
+pytestmark = pytest.mark.timeout(240)
 QUANTITY = 2
 GB_HOURS = 100
 

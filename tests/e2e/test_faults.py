@@ -38,7 +38,8 @@ from tests.support.processes import Processes
 from tests.support.stack import Stack, describe_group, running_stack
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.faults
+# Several waits of up to a minute each, on a machine CI and benchmarks share.
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
 SEEDS = [int(s) for s in re.split(r"[\s,]+", os.environ.get("FAULT_SEEDS", "1").strip()) if s]
 LOAD_SECONDS = 15.0

@@ -27,6 +27,8 @@ from tests.support.processes import Processes
 from tests.support.stack import ServiceProcess, Stack, describe_group, running_stack
 from tests.support.waiting import wait_for
 
+# Several processes started and waited for, on a machine CI and benchmarks share.
+pytestmark = pytest.mark.timeout(240)
 ACCEPTANCE_DEADLINE_SECONDS = 5.0
 GROUP_TIMEOUT = 45.0  # a join waits for the others' next poll; a rebalance takes a while
 ORDERS_PER_INSTANCE = 3
