@@ -20,6 +20,7 @@ import aiohttp
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from aiokafka.errors import KafkaError
 
 from deploy.local.infra import free_port
 from tests.support.infra import Infra, create_database, drop_database, unique_name
@@ -299,3 +300,18 @@ async def running_stack(
                     await instance.kill()
         for dsn in databases.values():
             await drop_database(infra, dsn)
+        # Tidying only: a broker that is down (a failed fault test) must not hide the failure.
+        with contextlib.suppress(KafkaError, OSError, TimeoutError):
+            await _delete_topics(infra.kafka_bootstrap, prefix)
+
+
+async def _delete_topics(bootstrap: str, prefix: str) -> None:
+    """Remove the stack's topics: a broker's every metadata request grows with its topics."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    await admin.start()
+    try:
+        ours = [topic for topic in await admin.list_topics() if topic.startswith(prefix)]
+        if ours:
+            await admin.delete_topics(ours)
+    finally:
+        await admin.close()
