@@ -206,7 +206,7 @@ def postings_of(events: Sequence[OrderEvent]) -> list[JournalEntry]:
     for envelope, event in events:
         if isinstance(event, OrderPlaced):
             o = event.order
-            books[o.order_id] = OrderBook(o.order_id, o.customer_id, o.currency, "pending", 0,
+            books[o.order_id] = OrderBook(o.order_id, o.customer_id, o.currency, "pending",
                                           o.placed_at, o.total)  # fmt: skip
         elif isinstance(event, OrderConfirmed | UsageRecorded):
             charges = event.charges if isinstance(event, OrderConfirmed) else [event.charge]

@@ -94,6 +94,7 @@ def consumer(
 ) -> IdempotentConsumer:
     """The consumer that keeps ``account_generations`` up to date in ``service``'s database."""
     return IdempotentConsumer(
+        # The prefix is part of the group: deployments sharing a Kafka never share a group.
         name=f"{service}.account-generations",
         bootstrap=bootstrap,
         topics=[catalog_accounts.TOPIC.name],

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.protocol.metadata import MetadataRequest
 
 from shared.contracts.envelope import Topic
 
@@ -78,5 +79,13 @@ async def ensure_topics(bootstrap: str, specs: Iterable[NewTopic]) -> None:
 
 
 async def kafka_reachable(producer: AIOKafkaProducer, within: float = 2.0) -> None:
-    """Raise unless the broker answers a metadata request within ``within`` seconds."""
-    await asyncio.wait_for(producer.client.fetch_all_metadata(), within)
+    """Raise unless a broker answers a metadata request within ``within`` seconds.
+
+    The request names no topic (brokers only): a full metadata request on a
+    cluster holding thousands of topics took seconds and made ``/readyz`` flap.
+    """
+    client = producer.client
+    node_id = client.get_random_node()
+    if node_id is None:
+        raise ConnectionError("no Kafka broker known")
+    await asyncio.wait_for(client.send(node_id, MetadataRequest([])), within)

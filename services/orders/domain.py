@@ -26,12 +26,16 @@ from shared.contracts.fulfillments import FulfillmentStatus
 from shared.contracts.orders import CancelReason, OrderStatus
 from shared.contracts.pricing import Pricing, UsagePricing
 from shared.errors import Conflict, RuleViolated, Violation
+from shared.money import MAX_AMOUNT
 
 MAX_LINES = 50
 MAX_QUANTITY = 100_000
-# Far above any real order, far below where 64-bit sums could overflow.
-MAX_ORDER_TOTAL = 10**15
+# A line or a usage charge carries at most the money cap every service shares
+# (shared.money.MAX_AMOUNT), so an order's total stays far inside 64 bits.
 MAX_USAGE_QUANTITY = 10**9
+# What a partner reporting usage for an order it has no part in is told, word
+# for word as for an order that does not exist: the answer leaks nothing.
+NOT_YOUR_ORDER = "no such order of yours"
 # Usage is reported as it happens: a little clock skew ahead, at most this far back.
 USAGE_FUTURE_TOLERANCE = timedelta(minutes=5)
 USAGE_MAX_AGE = timedelta(days=35)
@@ -238,13 +242,17 @@ def price_order(
                 )
             )
             continue
-        lines.append(_line(new_id("lin"), offering, wanted.quantity))
+        line = _line(new_id("lin"), offering, wanted.quantity)
+        if line.amount > MAX_AMOUNT:
+            violations.append(
+                Violation(f"{where}.quantity", f"the line would cost more than {MAX_AMOUNT}")
+            )
+            continue
+        lines.append(line)
     if violations:
         raise RuleViolated(violations)
     assert currency is not None
     total = sum(line.amount for line in lines)
-    if total > MAX_ORDER_TOTAL:
-        raise RuleViolated.single("lines", "the order's total is larger than allowed")
     accept_by = now + acceptance_window
     fulfillments = _one_fulfillment_per_partner(lines, new_id, now)
     order = Order(
@@ -365,6 +373,13 @@ def _accept(order: Order, partner_id: str, now: datetime) -> Transition:
     mine = _own_fulfillment(order, partner_id)
     if order.status != "pending":
         raise InvalidTransition(f"the order is {order.status}; it can no longer be accepted")
+    if now >= order.accept_by:
+        # The deadline's timer may not have fired yet (it polls; the service may
+        # have been down): a late accept must not confirm the order regardless.
+        raise InvalidTransition(
+            f"the order is pending past its acceptance deadline ({order.accept_by.isoformat()});"
+            " it can no longer be accepted"
+        )
     if mine.status != "requested":
         raise InvalidTransition(f"the fulfillment is {mine.status}; it can no longer be accepted")
     accepted = replace(mine, status="accepted", changed_at=now)
@@ -513,6 +528,10 @@ def record_usage(order: Order, report: ReportUsage, now: datetime) -> Transition
     partner_id = report.component_partner_id or report.partner_id
     # The accountable owner may report for the components of its own lines.
     reporter_may = partner_id == report.partner_id or report.partner_id in order.owner_ids
+    takes_part = report.partner_id in order.owner_ids or order.fulfillment_of(report.partner_id)
+    if not takes_part:
+        # Answered exactly as an order that does not exist.
+        raise RuleViolated.single("order_id", NOT_YOUR_ORDER)
     if not reporter_may or order.fulfillment_of(partner_id) is None:
         field = "component_partner_id" if report.component_partner_id else "order_id"
         raise RuleViolated.single(field, "no component of this order is yours to report for")
@@ -534,7 +553,7 @@ def record_usage(order: Order, report: ReportUsage, now: datetime) -> Transition
         )
     assert isinstance(component.pricing, UsagePricing)
     amount = component.pricing.unit_amount * report.quantity
-    if amount > MAX_ORDER_TOTAL:
+    if amount > MAX_AMOUNT:
         raise RuleViolated.single("quantity", "the charge is larger than allowed")
     charge = order_events.Charge(
         charge_id=usage_charge_id(report.partner_id, report.usage_id),

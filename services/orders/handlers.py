@@ -27,7 +27,7 @@ from shared.contracts import fulfillments as fulfillment_events
 from shared.contracts import orders as order_events
 from shared.contracts.envelope import Event
 from shared.db import Connection
-from shared.errors import NotFound, RuleViolated
+from shared.errors import Conflict, NotFound, RuleViolated
 from shared.ids import new_id
 from shared.tokens import Principal
 
@@ -120,15 +120,14 @@ async def report_usage(conn: Connection, order_id: str, report: ReportUsage, now
     # every report would make each report cost more than the last.
     found = await store.lock_order(conn, order_id, with_usage=False)
     if found is None:
-        raise RuleViolated.single("order_id", "no such order of yours")
-    # Checked under the order's lock, so a repeat for this order counts once.
-    if await store.usage_counted(conn, report.partner_id, report.usage_id):
+        raise RuleViolated.single("order_id", domain.NOT_YOUR_ORDER)
+    # Checked under the order's lock, so two reports of one usage id for this order
+    # count once; reports of it for two orders are told apart by the insert below.
+    if await _usage_known(conn, report, order_id):
         return
     transition = domain.record_usage(found, report, now)
     charge = transition.order.usage_charges[-1]
-    # The check above cannot see a report of this usage id for another order
-    # still in flight; the insert waits for it, and then finds it counted.
-    newly_counted = await store.record_usage(
+    recorded = await store.record_usage(
         conn,
         reporter_id=report.partner_id,
         usage_id=report.usage_id,
@@ -138,10 +137,21 @@ async def report_usage(conn: Connection, order_id: str, report: ReportUsage, now
         quantity=report.quantity,
         occurred_at=report.occurred_at,
     )
-    if not newly_counted:
+    if not recorded:
+        # A concurrent report of this usage id (for another order: that one holds
+        # another lock) won the insert; this one must leave no charge behind.
+        await _usage_known(conn, report, order_id)
         return
     await store.save_changes(conn, found, transition.order)
     await _record_events(conn, transition)
+
+
+async def _usage_known(conn: Connection, report: ReportUsage, order_id: str) -> bool:
+    """True when counted already for this order; a conflict when counted for another."""
+    counted_for = await store.usage_order(conn, report.partner_id, report.usage_id)
+    if counted_for is not None and counted_for != order_id:
+        raise Conflict(f"usage_id {report.usage_id} was already counted for another order")
+    return counted_for is not None
 
 
 async def visible_order(conn: Connection, caller: Principal, order_id: str) -> Order:

@@ -274,7 +274,9 @@ async def record_usage(
     inserted = await conn.fetchval(
         "INSERT INTO usage_records (reporter_id, usage_id, order_id, charge_id, amount,"
         " quantity, occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-        " ON CONFLICT (reporter_id, usage_id) DO NOTHING RETURNING true",
+        # No conflict target: a concurrent insert of the same usage may trip the
+        # charge_id index first (it derives from the key), which must not be a 500.
+        " ON CONFLICT DO NOTHING RETURNING true",
         reporter_id,
         usage_id,
         order_id,
@@ -286,13 +288,14 @@ async def record_usage(
     return bool(inserted)
 
 
-async def usage_counted(conn: Connection, reporter_id: str, usage_id: str) -> bool:
-    found = await conn.fetchval(
-        "SELECT true FROM usage_records WHERE reporter_id = $1 AND usage_id = $2",
+async def usage_order(conn: Connection, reporter_id: str, usage_id: str) -> str | None:
+    """The order this partner's usage id was counted for, if it was."""
+    found: str | None = await conn.fetchval(
+        "SELECT order_id FROM usage_records WHERE reporter_id = $1 AND usage_id = $2",
         reporter_id,
         usage_id,
     )
-    return bool(found)
+    return found
 
 
 async def list_order_ids(

@@ -157,6 +157,7 @@ class Disagreement(msgspec.Struct, frozen=True):
 class OrderCheck(msgspec.Struct, frozen=True):
     order_id: str
     status: str
+    order_total: Money  # the total the order announced when placed
     charged: Money  # what the orders events charged, net of refunds
     ledger: Money  # what the ledger holds the customer owes for it
     fees: Money

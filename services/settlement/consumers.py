@@ -29,7 +29,6 @@ class OrderEventBooker:
                 conn,
                 [(delivery.envelope, delivery.event) for delivery in deliveries],
                 fee_bps=self.fee_bps,
-                decode=self.registry.decode,
             )
         except LedgerRefused as exc:
             # Retrying cannot make an over-refund or an unknown charge bookable.

@@ -122,7 +122,6 @@ class OrderBook:
     customer_id: str
     currency: str
     status: OrderStatus
-    last_sequence: int
     placed_at: datetime
     placed_total: int
     fulfilled: bool = False

@@ -7,7 +7,7 @@ order's sequence (``domain``), and writes every table with one statement.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -31,7 +31,7 @@ from services.settlement.domain import (
 )
 from shared import outbox
 from shared.contracts import payouts as payout_contract
-from shared.contracts.envelope import Envelope, Event, decode_envelope, encode_envelope
+from shared.contracts.envelope import Envelope, Event
 from shared.contracts.orders import (
     Charge,
     OrderCancelled,
@@ -47,7 +47,6 @@ from shared.ids import new_id
 
 PRODUCER = "settlement"
 OrderEvent = tuple[Envelope, Event]
-DecodeEvent = Callable[[Envelope], Event]
 
 _NEEDS_CHARGES = (OrderRefunded, OrderFulfilled)
 
@@ -84,7 +83,6 @@ def _book_of(order: OrderState) -> OrderBook:
         customer_id=order.customer_id,
         currency=order.currency,
         status=order.status,
-        last_sequence=0,
         placed_at=order.placed_at,
         placed_total=order.total,
     )
@@ -97,7 +95,6 @@ class _Booked:
     charges: list[ChargeRecord]
     refunds: list[RefundRecord]
     entries: list[JournalEntry]
-    parked: list[tuple[str, int, bytes]]
 
     def add(self, record: ChargeRecord | RefundRecord, entry: JournalEntry | None) -> None:
         if isinstance(record, ChargeRecord):
@@ -136,7 +133,6 @@ def _apply(
                 customer_id=event.customer_id,
                 currency=event.charge.currency,
                 status="confirmed",
-                last_sequence=0,
                 placed_at=at,
                 placed_total=0,
             )
@@ -165,53 +161,31 @@ def _apply(
 
 
 async def settle_order_events(
-    conn: Connection, events: Sequence[OrderEvent], *, fee_bps: int, decode: DecodeEvent
-) -> None:
-    """Book a chunk of order events (new ones only: the consumer dedupes by event id).
-
-    Each order's events apply in its sequence: one already applied (a stale
-    or replayed copy) changes nothing; one that comes after a gap is parked
-    and applied once the gap fills, never around it.
-    """
-    while events:
-        touched = await _settle_once(conn, events, fee_bps=fee_bps)
-        # Parked events that now come next apply in the same transaction.
-        parked = await store.take_parked(conn, touched)
-        events = [(envelope, decode(envelope)) for envelope in map(decode_envelope, parked)]
-
-
-async def _settle_once(
     conn: Connection, events: Sequence[OrderEvent], *, fee_bps: int
-) -> dict[str, int]:
+) -> None:
+    """Book a chunk of order events, each order's in the order given.
+
+    The consumer hands over only new events, each order's in its sequence
+    (``BatchConsumer`` with ``sequencing="strict"`` dedupes by event id and
+    parks an event that comes after a gap until the gap fills).
+    """
     order_ids = list(dict.fromkeys(order_id_of(event) for _, event in events))
     books = await store.order_books(conn, order_ids)
     needing_charges = {
         order_id_of(event) for _, event in events if isinstance(event, _NEEDS_CHARGES)
     }
     await store.load_charges(conn, {o: b for o, b in books.items() if o in needing_charges})
-    booked = _Booked([], [], [], [])
+    booked = _Booked([], [], [])
     changed: dict[str, OrderBook] = {}
     for envelope, event in events:
         order_id = order_id_of(event)
-        book = books.get(order_id)
-        sequence = envelope.sequence
-        if sequence is not None:
-            applied_up_to = book.last_sequence if book is not None else 0
-            if sequence <= applied_up_to:
-                continue
-            if sequence > applied_up_to + 1:
-                booked.parked.append((order_id, sequence, encode_envelope(envelope)))
-                continue
-        book = _apply(book, envelope, event, fee_bps, booked)
-        if sequence is not None:
-            book.last_sequence = sequence
-        books[order_id] = changed[order_id] = book
+        books[order_id] = changed[order_id] = _apply(
+            books.get(order_id), envelope, event, fee_bps, booked
+        )
     await store.save_order_books(conn, changed.values())
     await store.insert_charges(conn, booked.charges)
     await store.insert_refunds(conn, booked.refunds)
     await store.insert_entries(conn, booked.entries)
-    await store.park(conn, booked.parked)
-    return {order_id: book.last_sequence + 1 for order_id, book in changed.items()}
 
 
 @dataclass(frozen=True)
@@ -312,20 +286,29 @@ async def reconcile(conn: Connection, lines: Sequence[BankLine]) -> Reconciled:
     """Match a bank statement to payouts by reference; matched payouts become paid.
 
     A payout already paid by an earlier statement is reported matched again
-    and moves no money, so the same statement twice changes nothing.  A second
-    line with a reference already seen in this statement is unexpected: the
-    bank booked something twice.
+    and moves no money, so the same statement twice changes nothing.  Of the
+    lines naming one payout, the first with its amount is the one compared
+    (else the first): every other is unexpected, the bank booked something
+    twice.  So the lines' order never decides whether a payout was paid.
     """
     found = {row["reference"]: row for row in await store.payouts_by_reference(
         conn, sorted({line.reference for line in lines})
     )}  # fmt: skip
+    compared: dict[str, int] = {}
+    for index, line in enumerate(lines):
+        payout = found.get(line.reference)
+        if payout is None:
+            continue
+        first = compared.setdefault(line.reference, index)
+        if line.amount == payout["amount"] and lines[first].amount != payout["amount"]:
+            compared[line.reference] = index
     matched: list[LineOutcome] = []
     unexpected: list[LineOutcome] = []
     mismatched: list[LineOutcome] = []
     seen: set[str] = set()
-    for line in lines:
+    for index, line in enumerate(lines):
         payout = found.get(line.reference)
-        if payout is None or line.reference in seen:
+        if payout is None or compared[line.reference] != index:
             unexpected.append(LineOutcome(line.reference, None, line.amount))
             continue
         seen.add(line.reference)

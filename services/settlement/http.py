@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, overload
 
 import asyncpg
 import msgspec
@@ -50,6 +51,9 @@ OPERATOR: frozenset[Role] = frozenset({"operator"})
 PARTNER_OR_OPERATOR: frozenset[Role] = frozenset({"partner", "operator"})
 DEFAULT_CURRENCY = "USD"
 _BANK_COLUMNS = ("reference", "amount", "booked_at")
+_BANK_AMOUNT = re.compile(r"-?[0-9]{1,18}")
+# A statement line's number is a smallint in the ledger.
+_MAX_LINE = 32_767
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,32 @@ def _path_id(call: Call[Any, Any], name: str, what: str) -> str:
     except msgspec.ValidationError:
         raise NotFound(f"{what} {value[:64]}") from None
     return value
+
+
+@overload
+def _storable(field: str, value: datetime) -> datetime: ...
+@overload
+def _storable(field: str, value: None) -> None: ...
+def _storable(field: str, value: datetime | None) -> datetime | None:
+    """A time the database can hold: an offset can push a valid RFC 3339 time out of the
+    years 1..9999 once it is turned to UTC, which would fail in the driver, not here."""
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise invalid(field, "is out of range: years 1 to 9999 in UTC") from None
+
+
+def _statement_cursor(cursor: str) -> tuple[datetime, str, int]:
+    at, entry_id, line = cursor_of_type(cursor, str, str, int)
+    try:
+        booked_at = datetime.fromisoformat(at)
+        if booked_at.tzinfo is None or not 0 < line <= _MAX_LINE:
+            raise ValueError(at)
+        return booked_at.astimezone(UTC), entry_id, line
+    except (ValueError, OverflowError):
+        raise invalid("cursor", "not a cursor this list returned") from None
 
 
 def _own_partner(caller: Principal, partner_id: str) -> None:
@@ -86,12 +116,18 @@ def read_bank_csv(raw: bytes) -> dict[str, Any]:
     if not rows or tuple(cell.strip() for cell in rows[0]) != _BANK_COLUMNS:
         raise invalid("body", f"the CSV's first row must be {','.join(_BANK_COLUMNS)}")
     lines: list[dict[str, str]] = []
-    for number, row in enumerate(rows[1:]):
+    for row in rows[1:]:
         if not row:
             continue
+        # Named as the JSON body would name it: blank rows are not lines.
+        where = f"lines[{len(lines)}]"
         if len(row) != len(_BANK_COLUMNS):
-            raise invalid(f"lines[{number}]", f"needs {len(_BANK_COLUMNS)} columns")
-        lines.append(dict(zip(_BANK_COLUMNS, (cell.strip() for cell in row), strict=True)))
+            raise invalid(where, f"needs {len(_BANK_COLUMNS)} columns")
+        line = dict(zip(_BANK_COLUMNS, (cell.strip() for cell in row), strict=True))
+        # Lenient conversion would read "1e3" or "١٢" as a number; a bank amount is digits.
+        if not _BANK_AMOUNT.fullmatch(line["amount"]):
+            raise invalid(f"{where}.amount", "must be whole minor units written in digits 0-9")
+        lines.append(line)
     return {"lines": lines}
 
 
@@ -164,6 +200,17 @@ def _order_check(row: asyncpg.Record) -> OrderCheck:
     charged, ledger = row["charged"], row["receivable"]
     fees, owed, paid_out = row["fees"], row["owed_to_partners"], row["paid_out"]
     disagreements: list[Disagreement] = []
+    # Confirming charges each line's amount, and the lines sum to the order's total.
+    total, confirmed = row["placed_total"], row["confirmed"]
+    if (confirmed is not None or row["status"] in ("confirmed", "fulfilled")) and (
+        confirmed or 0
+    ) != total:
+        disagreements.append(
+            Disagreement(
+                "charges_match_order",
+                f"the order's total is {total}, its confirmation charged {confirmed or 0}",
+            )
+        )
     if ledger != charged:
         disagreements.append(
             Disagreement(
@@ -192,6 +239,7 @@ def _order_check(row: asyncpg.Record) -> OrderCheck:
     return OrderCheck(
         order_id=row["order_id"],
         status=row["status"],
+        order_total=_money(total, currency),
         charged=_money(charged, currency),
         ledger=_money(ledger, currency),
         fees=_money(fees, currency),
@@ -237,19 +285,13 @@ def build_api(deps: SettlementHttp) -> Api:
         partner_id = _path_id(call, "partner_id", "partner")
         _own_partner(call.caller, partner_id)
         query = call.query
-        after: tuple[datetime, str, int] | None = None
-        if query.cursor is not None:
-            at, entry_id, line = cursor_of_type(query.cursor, str, str, int)
-            try:
-                after = (datetime.fromisoformat(at), entry_id, line)
-            except ValueError:
-                raise invalid("cursor", "not a cursor this list returned") from None
+        after = _statement_cursor(query.cursor) if query.cursor is not None else None
         async with call.connection() as conn:
             rows = await store.statement_lines(
                 conn,
                 partner_id,
-                since=query.since,
-                until=query.until,
+                since=_storable("query.from", query.since),
+                until=_storable("query.to", query.until),
                 after=after,
                 limit=query.limit + 1,
             )
@@ -271,8 +313,9 @@ def build_api(deps: SettlementHttp) -> Api:
         roles=OPERATOR, body=RunPayouts, response=PayoutRun, status=201, tag="payouts",
     )  # fmt: skip
     async def run_payouts(call: Call[RunPayouts, None]) -> PayoutRun:
+        as_of = _storable("as_of", call.body.as_of)
         async with call.transaction() as conn:
-            made = await handlers.run_payouts(conn, call.body.as_of, deps.clock())
+            made = await handlers.run_payouts(conn, as_of, deps.clock())
         return PayoutRun(
             payouts=[
                 PayoutMadeView(
@@ -326,8 +369,12 @@ def build_api(deps: SettlementHttp) -> Api:
     )  # fmt: skip
     async def create_reconciliation(call: Call[BankStatement, None]) -> ReconciliationReport:
         lines = [
-            handlers.BankLine(line.reference, line.amount, line.booked_at)
-            for line in call.body.lines
+            handlers.BankLine(
+                line.reference,
+                line.amount,
+                _storable(f"lines[{number}].booked_at", line.booked_at),
+            )
+            for number, line in enumerate(call.body.lines)
         ]
         async with call.transaction() as conn:
             reconciled = await handlers.reconcile(conn, lines)
@@ -356,7 +403,11 @@ def build_api(deps: SettlementHttp) -> Api:
         after = cursor_of_type(query.cursor, str)[0] if query.cursor else None
         async with call.connection() as conn:
             rows = await store.three_way(
-                conn, since=query.since, until=query.until, after=after, limit=query.limit + 1
+                conn,
+                since=_storable("query.from", query.since),
+                until=_storable("query.to", query.until),
+                after=after,
+                limit=query.limit + 1,
             )
         page = rows[: query.limit]
         more = len(rows) > query.limit

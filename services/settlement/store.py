@@ -45,7 +45,7 @@ _REFUND_COLUMNS = (
 
 async def order_books(conn: Connection, order_ids: Sequence[str]) -> dict[str, OrderBook]:
     rows = await conn.fetch(
-        "SELECT order_id, customer_id, currency, status, last_sequence, placed_at, placed_total,"
+        "SELECT order_id, customer_id, currency, status, placed_at, placed_total,"
         " fulfilled FROM settled_orders WHERE order_id = ANY($1::text[])",
         list(order_ids),
     )
@@ -102,8 +102,8 @@ def _charge_record(row: asyncpg.Record) -> ChargeRecord:
 
 async def save_order_books(conn: Connection, books: Iterable[OrderBook]) -> None:
     rows = [
-        (b.order_id, b.customer_id, b.currency, b.status, b.last_sequence, b.placed_at,
-         b.placed_total, b.fulfilled)
+        (b.order_id, b.customer_id, b.currency, b.status, b.placed_at, b.placed_total,
+         b.fulfilled)
         for b in books
     ]  # fmt: skip
     if not rows:
@@ -111,13 +111,12 @@ async def save_order_books(conn: Connection, books: Iterable[OrderBook]) -> None
     columns = list(zip(*rows, strict=True))
     await conn.execute(
         """
-        INSERT INTO settled_orders (order_id, customer_id, currency, status, last_sequence,
-                                    placed_at, placed_total, fulfilled)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[],
-                             $6::timestamptz[], $7::bigint[], $8::boolean[])
+        INSERT INTO settled_orders (order_id, customer_id, currency, status, placed_at,
+                                    placed_total, fulfilled)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                             $5::timestamptz[], $6::bigint[], $7::boolean[])
         ON CONFLICT (order_id) DO UPDATE SET
             status = EXCLUDED.status,
-            last_sequence = EXCLUDED.last_sequence,
             fulfilled = EXCLUDED.fulfilled
         """,
         *[list(column) for column in columns],
@@ -179,37 +178,6 @@ async def insert_entries(conn: Connection, entries: Sequence[JournalEntry]) -> N
         ],
         columns=_POSTING_COLUMNS,
     )
-
-
-async def park(conn: Connection, parked: Sequence[tuple[str, int, bytes]]) -> None:
-    if not parked:
-        return
-    order_ids, sequences, envelopes = (list(column) for column in zip(*parked, strict=True))
-    await conn.execute(
-        "INSERT INTO parked_order_events (order_id, sequence, envelope)"
-        " SELECT * FROM unnest($1::text[], $2::integer[], $3::bytea[]) ON CONFLICT DO NOTHING",
-        order_ids,
-        sequences,
-        envelopes,
-    )
-
-
-async def take_parked(conn: Connection, next_sequences: dict[str, int]) -> list[bytes]:
-    """Remove and return the parked events that now come next for their order."""
-    if not next_sequences:
-        return []
-    rows = await conn.fetch(
-        "DELETE FROM parked_order_events p USING unnest($1::text[], $2::integer[]) AS n(o, s)"
-        " WHERE p.order_id = n.o AND p.sequence = n.s RETURNING p.envelope",
-        list(next_sequences),
-        list(next_sequences.values()),
-    )
-    return [row["envelope"] for row in rows]
-
-
-async def parked_count(conn: Connection) -> int:
-    count: int = await conn.fetchval("SELECT count(*) FROM parked_order_events")
-    return count
 
 
 # Reading balances, statements and the trial balance
@@ -304,14 +272,18 @@ async def payable_by_order(
     """``(partner, currency, order, amount)`` payable at ``as_of``.
 
     What became available by ``as_of``, less every payout ever made (a payout
-    run with an earlier ``as_of`` after a later one must not pay again).
+    run with an earlier ``as_of`` after a later one must not pay again), and
+    never more than is available now: money refunded since ``as_of`` went
+    back to the customer and is not the partner's to be paid.
     """
     rows = await conn.fetch(
         """
-        SELECT p.partner_id, p.currency, p.order_id, -sum(p.amount)::bigint AS payable
+        SELECT p.partner_id, p.currency, p.order_id,
+               least(-coalesce(sum(p.amount) FILTER (
+                         WHERE e.kind = 'payout' OR e.booked_at <= $1), 0),
+                     -sum(p.amount))::bigint AS payable
           FROM postings p JOIN journal_entries e ON e.entry_id = p.entry_id
          WHERE p.account = 'partner_available'
-           AND (e.kind = 'payout' OR e.booked_at <= $1)
          GROUP BY p.partner_id, p.currency, p.order_id
         """,
         as_of,
@@ -420,15 +392,17 @@ async def three_way(
     return await conn.fetch(
         """
         WITH picked AS (
-            SELECT order_id, currency, placed_at, status FROM settled_orders
+            SELECT order_id, currency, placed_at, status, placed_total FROM settled_orders
              WHERE ($1::timestamptz IS NULL OR placed_at >= $1)
                AND ($2::timestamptz IS NULL OR placed_at < $2)
                AND ($3::text IS NULL OR order_id > $3)
              ORDER BY order_id LIMIT $4
         ),
         charged AS (
-            SELECT c.order_id, sum(c.gross)::bigint AS charged FROM charges c
-              JOIN picked USING (order_id) GROUP BY c.order_id
+            SELECT c.order_id, sum(c.gross)::bigint AS charged,
+                   -- What confirming the order charged: usage is charged later, apart.
+                   sum(c.gross) FILTER (WHERE c.kind = 'order')::bigint AS confirmed
+              FROM charges c JOIN picked USING (order_id) GROUP BY c.order_id
         ),
         refunded AS (
             SELECT r.order_id, sum(r.amount)::bigint AS refunded FROM refunds r
@@ -446,7 +420,8 @@ async def three_way(
                         OR p.account = 'cash')::bigint AS paid_out
               FROM postings p JOIN picked USING (order_id) GROUP BY p.order_id
         )
-        SELECT picked.order_id, picked.currency, picked.status,
+        SELECT picked.order_id, picked.currency, picked.status, picked.placed_total,
+               charged.confirmed,
                coalesce(charged.charged, 0) - coalesce(refunded.refunded, 0) AS charged,
                coalesce(ledger.receivable, 0) AS receivable,
                coalesce(ledger.fees, 0) AS fees,

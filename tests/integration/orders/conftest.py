@@ -106,6 +106,7 @@ async def start_orders(
     database_url: str,
     *,
     acceptance_deadline_seconds: float = 48 * 3600,
+    timer_poll_seconds: float = 0.2,
 ) -> AsyncIterator[Orders]:
     settings = OrdersSettings(
         database_url=database_url,
@@ -116,7 +117,7 @@ async def start_orders(
         topic_prefix=catalog.topic_prefix,
         shutdown_timeout_seconds=5,
         acceptance_deadline_seconds=acceptance_deadline_seconds,
-        timer_poll_seconds=0.2,
+        timer_poll_seconds=timer_poll_seconds,
     )
     async with running_service(
         "orders",

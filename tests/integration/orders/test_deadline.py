@@ -1,4 +1,4 @@
-"""The acceptance deadline: durable across a restart, fired once with two replicas."""
+"""The acceptance deadline: durable across a restart, fired once with two replicas, final."""
 
 from __future__ import annotations
 
@@ -99,3 +99,31 @@ async def test_two_replicas_cancel_each_overdue_order_once(
                 e.key for e in events if isinstance(e.event, f_events.FulfillmentCancelled)
             )
             assert cancels == dict.fromkeys((p.id for p in offering.partners), 1)
+
+
+async def test_an_accept_after_the_deadline_never_confirms_the_order(
+    infra: Infra, token_keys: TokenKeys, catalog: Catalog
+) -> None:
+    # The deadline's timer is not due to run again within the test, as when the
+    # service was down or busy when the deadline passed.
+    async with (
+        temporary_database(infra, "orders_late") as dsn,
+        start_orders(
+            catalog, token_keys, dsn, acceptance_deadline_seconds=1, timer_poll_seconds=3600
+        ) as orders,
+    ):
+        offering = await publish_joint_offering(catalog, orders)
+        customer = await catalog.sign_up_customer()
+        placed = await orders.place(customer, [{"offering_id": offering.id, "quantity": 1}])
+        order = placed.expect(201)
+        accept_by = datetime.fromisoformat(order["accept_by"])
+        await wait_for(
+            lambda: datetime.now(UTC) > accept_by, timeout=10, message="the deadline never came"
+        )
+        for partner in offering.partners:
+            mine = await orders.fulfillment_of(partner, order["id"])
+            late = await orders.answer(partner, mine["id"], "accept")
+            assert late.status == 409
+            assert "deadline" in late.body["detail"]
+        seen = await orders.call("GET", f"/v1/orders/{order['id']}", token=customer.token)
+        assert seen.expect(200)["status"] == "pending"

@@ -21,6 +21,7 @@ from shared.contracts import orders as o_events
 from shared.contracts.catalog_offerings import ComponentState
 from shared.contracts.pricing import UsagePricing
 from shared.db import Connection
+from shared.errors import Conflict
 from shared.ids import new_id
 from tests.support.waiting import wait_for
 
@@ -94,7 +95,9 @@ async def test_one_usage_id_reported_for_two_orders_at_once_is_charged_once(
             await wait_for(second_waits_on_the_first, message="the second report never waited")
         finally:
             await first_tx.commit()
-        await racing
+        # The loser learns the usage id is counted for another order (409).
+        with pytest.raises(Conflict):
+            await racing
 
         recorded = await first.fetch(
             "SELECT key, sequence FROM outbox WHERE event_type = $1",

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.contracts.orders import Charge
+from shared.http.pagination import encode_cursor
 from shared.ids import new_id
 from tests.integration.settlement.conftest import Settlement
 from tests.integration.settlement.order_events import OrderScript, Part
@@ -143,3 +144,108 @@ async def test_the_trial_balance_sums_to_zero_per_currency(settlement: Settlemen
     assert reply["totals"] == {"USD": 0}
     assert sum(a["balance"] for a in reply["accounts"]) == 0
     assert {"customer_receivables", "fee_revenue"} <= {a["account"] for a in reply["accounts"]}
+
+
+# Valid RFC 3339, but outside the years 1..9999 once turned to UTC, where the database keeps them.
+EARLIEST_PLUS_ONE_HOUR = "0001-01-01T00:00:00+01:00"
+LATEST_MINUS_TEN_HOURS = "9999-12-31T23:59:59-10:00"
+
+
+def cursor(position: list[object]) -> str:
+    return encode_cursor(position)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "params", "field"),
+    [
+        ("POST", "/v1/payouts/run", {"as_of": EARLIEST_PLUS_ONE_HOUR}, None, "as_of"),
+        ("POST", "/v1/payouts/run", {"as_of": LATEST_MINUS_TEN_HOURS}, None, "as_of"),
+        (
+            "POST",
+            "/v1/reconciliations",
+            {"lines": [{"reference": "MP-X", "amount": 1, "booked_at": LATEST_MINUS_TEN_HOURS}]},
+            None,
+            "lines[0].booked_at",
+        ),
+        ("GET", "/v1/checks/three-way", None, {"from": EARLIEST_PLUS_ONE_HOUR}, "query.from"),
+        ("GET", "/v1/checks/three-way", None, {"to": LATEST_MINUS_TEN_HOURS}, "query.to"),
+        ("GET", "/v1/statements/{partner}", None, {"from": EARLIEST_PLUS_ONE_HOUR}, "query.from"),
+        ("GET", "/v1/statements/{partner}", None, {"to": LATEST_MINUS_TEN_HOURS}, "query.to"),
+        (
+            "GET",
+            "/v1/statements/{partner}",
+            None,
+            {"cursor": cursor(["2026-01-01T00:00:00+00:00", "charge:x", 40_000])},
+            "cursor",
+        ),
+        (
+            "GET",
+            "/v1/statements/{partner}",
+            None,
+            {"cursor": cursor([EARLIEST_PLUS_ONE_HOUR, "charge:x", 1])},
+            "cursor",
+        ),
+        (
+            "GET",
+            "/v1/statements/{partner}",
+            None,
+            {"cursor": cursor(["2026-01-01T00:00:00", "charge:x", 1])},
+            "cursor",
+        ),
+    ],
+)
+async def test_times_and_cursors_out_of_range_are_refused_not_failed_on(
+    settlement: Settlement,
+    method: str,
+    path: str,
+    body: dict[str, object] | None,
+    params: dict[str, str] | None,
+    field: str,
+) -> None:
+    path = path.format(partner=new_id("ptr"))
+    if body is None:
+        reply = await settlement.operator(method, path, params=params)
+    else:
+        reply = await settlement.operator(method, path, body=body)
+    assert reply.status == 422, reply.body
+    assert reply.body["errors"][0]["field"] == field
+
+
+async def test_the_three_way_check_names_charges_that_miss_the_order_total(
+    settlement: Settlement,
+) -> None:
+    partner = new_id("ptr")
+    honest, _ = await earn(settlement, partner, 1_000)
+    short = OrderScript(customer_id=new_id("cus"), owner_id=partner)
+    charge = short.charge(Part(partner, "isv", 10_000), 900, 0)
+    await settlement.settle([short.placed(1_000), short.confirmed([charge]), short.fulfilled()])
+
+    checks = await settlement.operator("GET", "/v1/checks/three-way", params={"limit": 500})
+    by_order = {c["order_id"]: c for c in checks.expect(200)["items"]}
+    assert by_order[honest.order_id]["agrees"]
+    assert by_order[short.order_id]["order_total"]["amount"] == 1_000
+    assert not by_order[short.order_id]["agrees"]
+    assert [d["check"] for d in by_order[short.order_id]["disagreements"]] == [
+        "charges_match_order"
+    ]
+
+
+async def test_a_payout_booked_twice_is_paid_whichever_line_comes_first(
+    settlement: Settlement,
+) -> None:
+    partner = new_id("ptr")
+    await earn(settlement, partner, 1_000)
+    as_of = datetime.now(UTC).isoformat()
+    run = await settlement.operator("POST", "/v1/payouts/run", body={"as_of": as_of})
+    (payout,) = [p for p in run.expect(201)["payouts"] if p["partner_id"] == partner]
+    reference = payout["reference"]
+    wrong = {"reference": reference, "amount": 971, "booked_at": as_of}
+    right = {"reference": reference, "amount": 970, "booked_at": as_of}
+    report = await settlement.operator(
+        "POST", "/v1/reconciliations", body={"lines": [wrong, right]}
+    )
+    body = report.expect(201)
+    assert [line["reference"] for line in body["matched"]] == [reference]
+    assert body["mismatched"] == []
+    assert [line["booked"]["amount"] for line in body["unexpected"]] == [971]
+    assert (await settlement.balance(partner))["paid"] == 970

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import msgspec
 import pytest
 
-from services.settlement import store
+from services.settlement import handlers, store
 from services.settlement.consumers import OrderEventBooker
 from shared import db
 from shared.consumer import Delivery
@@ -152,43 +153,30 @@ async def test_a_chunk_books_each_partners_share_to_the_minor_unit(ledger_pool: 
     assert await owed(ledger_pool, owner) == {"pending": 0, "available": 107_337 + 3_589 - 58_199}
 
 
-async def test_the_same_events_twice_change_nothing(ledger_pool: db.Pool) -> None:
-    owner, isv, _, isv_part, _, _ = three_partners()
-    order = OrderScript(customer_id=new_id("cus"), owner_id=owner)
-    charge = order.charge(isv_part, 10_000, 0)
-    events = [order.placed(10_000), order.confirmed([charge]), order.fulfilled()]
-    await book(ledger_pool, events)
-    first = await owed(ledger_pool, isv)
-    await book(ledger_pool, events)
-    await book(ledger_pool, events[1:2])
-    assert await owed(ledger_pool, isv) == first == {"pending": 0, "available": 6_790}
+def at(event: OrderEvent, when: datetime) -> OrderEvent:
+    envelope, payload = event
+    return msgspec.structs.replace(envelope, occurred_at=when), payload
 
 
-async def test_an_event_after_a_gap_waits_until_the_gap_fills(ledger_pool: db.Pool) -> None:
-    owner, isv, _, isv_part, _, _ = three_partners()
-    order = OrderScript(customer_id=new_id("cus"), owner_id=owner)
-    charge = order.charge(isv_part, 10_000, 0)
-    placed, confirmed, fulfilled = (
-        order.placed(10_000),
-        order.confirmed([charge]),
-        order.fulfilled(),
+async def test_a_run_as_of_before_a_refund_does_not_pay_the_refunded_money(
+    ledger_pool: db.Pool,
+) -> None:
+    """Available at ``as_of``, refunded since: paying it pays money the customer got back."""
+    owner = new_id("ptr")
+    script = OrderScript(customer_id=new_id("cus"), owner_id=owner)
+    charge = script.charge(Part(owner, "isv", 10_000), 1_000, 0)
+    fulfilled_at = NOW - timedelta(days=2)
+    await book(
+        ledger_pool,
+        [
+            at(script.placed(1_000), fulfilled_at),
+            at(script.confirmed([charge]), fulfilled_at),
+            at(script.fulfilled(), fulfilled_at),
+            at(script.refunded([(charge, 400)]), NOW),
+        ],
     )
-    await book(ledger_pool, [fulfilled])
-    await book(ledger_pool, [placed])
-    assert await owed(ledger_pool, isv) == {"pending": 0, "available": 0}
-    async with ledger_pool.acquire() as conn:
-        assert await store.parked_count(conn) == 1
-    # The missing event arrives: it applies, then the parked one after it.
-    await book(ledger_pool, [confirmed])
-    assert await owed(ledger_pool, isv) == {"pending": 0, "available": 6_790}
-    async with ledger_pool.acquire() as conn:
-        assert await store.parked_count(conn) == 0
-
-
-async def test_events_out_of_order_in_one_chunk_apply_in_sequence(ledger_pool: db.Pool) -> None:
-    owner, isv, _, isv_part, _, _ = three_partners()
-    order = OrderScript(customer_id=new_id("cus"), owner_id=owner)
-    charge = order.charge(isv_part, 10_000, 0)
-    events = [order.placed(10_000), order.confirmed([charge]), order.fulfilled()]
-    await book(ledger_pool, list(reversed(events)))
-    assert await owed(ledger_pool, isv) == {"pending": 0, "available": 6_790}
+    async with db.unit_of_work(ledger_pool) as conn:
+        made = await handlers.run_payouts(conn, NOW - timedelta(days=1), NOW)
+    # 970 was available at as_of; 388 of it was refunded since: 582 is all that is still owed.
+    assert [(p.partner_id, p.amount) for p in made] == [(owner, 582)]
+    assert await owed(ledger_pool, owner) == {"pending": 0, "available": 0}

@@ -294,6 +294,15 @@ def test_the_deadline_cancels_a_pending_order_and_compensates_everyone_asked() -
     assert all(isinstance(e, f_events.FulfillmentCancelled) for e in transition.fulfillment_events)
 
 
+def test_an_accept_once_the_deadline_passed_is_refused_even_before_the_timer_fires() -> None:
+    order = run(placed(), Accept(ISV), Accept(MSP)).order
+    with pytest.raises(InvalidTransition, match="pending past its acceptance deadline"):
+        decide(order, Accept(SI), NOW + WINDOW)
+    assert decide(order, Accept(SI), NOW + WINDOW - timedelta(seconds=1)).order.status == (
+        "confirmed"
+    )
+
+
 def test_the_deadline_leaves_a_confirmed_order_alone() -> None:
     with pytest.raises(InvalidTransition, match="confirmed"):
         decide(confirmed(), DeadlinePassed(), NOW + 2 * WINDOW)

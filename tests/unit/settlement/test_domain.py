@@ -26,7 +26,7 @@ AT = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def book() -> OrderBook:
-    return OrderBook("ord_1", "cus_1", "USD", "confirmed", 2, AT, 0)
+    return OrderBook("ord_1", "cus_1", "USD", "confirmed", AT, 0)
 
 
 def component(charge_id: str, partner: str, share_bps: int, amount: int) -> ChargedComponent:
