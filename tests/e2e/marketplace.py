@@ -28,9 +28,12 @@ INTEGRATOR_SHARE_BPS = 9000
 class Reply:
     status: int
     body: Any
+    request: str = ""  # "METHOD /path", for failure messages
 
     def expect(self, status: int) -> Any:
-        assert self.status == status, f"expected {status}, got {self.status}: {self.body}"
+        assert self.status == status, (
+            f"{self.request}: expected {status}, got {self.status}: {self.body}"
+        )
         return self.body
 
 
@@ -82,7 +85,7 @@ class Marketplace:
             raise Unanswered(f"{method} {path}: {exc!r}") from None
         if status >= 500:
             raise Unanswered(f"{method} {path}: {status} {body}")
-        return Reply(status, body)
+        return Reply(status, body, f"{method} {path}")
 
     async def answered(
         self,

@@ -109,4 +109,11 @@ async def verify_books(
     versions = await offering_versions(mp, orders.values())
     expected = expected_money(orders.values(), versions, usage, fee_bps)
     books = await read_books(mp, [party.id for party in deal.partners.values()])
-    return expected, books, books_mismatches(expected, books)
+    problems = books_mismatches(expected, books)
+    for check in books.checks:
+        order = orders.get(check["order_id"])
+        if order is None:
+            problems.append(f"the three-way check names an order nobody placed: {check}")
+        elif "order_total" in check and check["order_total"] != order["total"]:
+            problems.append(f"{check['order_id']}: three-way total {check}, orders {order}")
+    return expected, books, problems
