@@ -21,21 +21,19 @@ import os
 import random
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import aiohttp
 import pytest
 
-from deploy.local import infra as local
 from tests.e2e.load import Workload, plan_mismatches
 from tests.e2e.marketplace import Marketplace, make_deal, offerings_known_to_orders
 from tests.e2e.verify import verify_books
-from tests.support.infra import Infra, local_state_dir
+from tests.support.infra import Infra
 from tests.support.keys import TokenKeys
 from tests.support.processes import Processes
-from tests.support.stack import Stack, describe_group, running_stack
+from tests.support.stack import OwnServer, Stack, describe_group, running_stack
 from tests.support.waiting import wait_for
 
 # Several waits of up to a minute each, on a machine CI and benchmarks share.
@@ -52,57 +50,6 @@ SESSION_TIMEOUT_SECONDS = 10.0
 SETTLE_SECONDS = 60.0
 
 Fault = Callable[[Stack, Marketplace, Workload, random.Random], Awaitable[None]]
-
-
-@dataclass
-class OwnServer:
-    """A server of this test's own (not the shared infra), so the test may stop it."""
-
-    stop: Callable[[], object]
-    start: Callable[[], object]
-
-    async def down_for(self, seconds: float) -> None:
-        await asyncio.to_thread(self.stop)
-        await asyncio.sleep(seconds)  # the outage itself, not a wait for a condition
-        await asyncio.to_thread(self.start)
-
-
-@pytest.fixture
-def own_postgres(infra: Infra) -> Iterator[tuple[Infra, OwnServer]]:
-    """The shared Kafka with a PostgreSQL of the test's own."""
-    with local_state_dir() as state_dir:
-        port = local.free_port()
-
-        def start() -> local.PostgresServer:
-            return local.start_postgres(state_dir, port, durable=False, databases=["postgres"])
-
-        try:
-            server = start()
-            yield (
-                Infra(infra.kafka_bootstrap, server.dsn("postgres"), "local"),
-                OwnServer(lambda: local.stop_postgres(state_dir, 30.0), start),
-            )
-        finally:
-            local.stop_postgres(state_dir, 30.0)
-
-
-@pytest.fixture
-def own_kafka(infra: Infra) -> Iterator[tuple[Infra, OwnServer]]:
-    """The shared PostgreSQL with a Kafka broker of the test's own."""
-    with local_state_dir() as state_dir:
-        ports = (local.free_port(), local.free_port())
-
-        def start() -> local.KafkaServer:
-            return local.start_kafka(state_dir, *ports, heap_mb=384)
-
-        try:
-            server = start()
-            yield (
-                Infra(server.bootstrap, infra.admin_dsn, "local"),
-                OwnServer(lambda: local.stop_kafka(state_dir, 30.0), start),
-            )
-        finally:
-            local.stop_kafka(state_dir, 30.0)
 
 
 @pytest.fixture

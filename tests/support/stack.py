@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +114,19 @@ class ServiceProcess:
         if process.alive():
             process.popen.send_signal(signal.SIGCONT)
         return await process.terminate()
+
+
+@dataclass
+class OwnServer:
+    """A server of this test's own (not the shared infra), so the test may stop it."""
+
+    stop: Callable[[], object]
+    start: Callable[[], object]
+
+    async def down_for(self, seconds: float) -> None:
+        await asyncio.to_thread(self.stop)
+        await asyncio.sleep(seconds)  # the outage itself, not a wait for a condition
+        await asyncio.to_thread(self.start)
 
 
 @dataclass
