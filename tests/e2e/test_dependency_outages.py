@@ -11,11 +11,12 @@ import asyncio
 import aiohttp
 import pytest
 
-from tests.e2e.marketplace import Marketplace, Unanswered
+from tests.e2e.marketplace import Marketplace, Unanswered, onboard
 from tests.support.infra import Infra
 from tests.support.keys import TokenKeys
 from tests.support.processes import Processes
 from tests.support.stack import OwnServer, running_stack
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -53,3 +54,28 @@ async def test_requests_while_postgresql_is_down_are_answered_as_the_services_tr
             await asyncio.to_thread(postgres.start)
         blamed_the_client = {s: a for s, a in answers.items() if not a.startswith("5xx")}
         assert not blamed_the_client, blamed_the_client
+
+
+async def test_every_relay_publishes_again_after_postgresql_restarts(
+    own_postgres: tuple[Infra, OwnServer], token_keys: TokenKeys, processes: Processes
+) -> None:
+    infra, postgres = own_postgres
+    async with (
+        running_stack(infra, token_keys, processes) as stack,
+        aiohttp.ClientSession() as session,
+    ):
+        mp = Marketplace(session, stack)
+        await asyncio.to_thread(postgres.stop)
+        await asyncio.to_thread(postgres.start)
+        await asyncio.gather(*(service.wait_ready() for service in stack.services.values()))
+        # A new partner is an event in the catalog's outbox, and one in each other
+        # service's once they project it (catalog.accounts feeds their token checks).
+        await onboard(mp, "After the restart", "isv")
+        for name in stack.services:
+
+            async def sent(name: str = name) -> bool:
+                return await stack.unsent_outbox_rows(name) == 0
+
+            await wait_for(
+                sent, timeout=30, message=f"{name}'s relay never published again:\n{stack.logs()}"
+            )
