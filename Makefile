@@ -1,6 +1,6 @@
 # One target per thing a developer does. `make run` and `make test` are the two
 # set-up commands of the README: each installs what it needs first.
-.PHONY: deps run stop status test lint typecheck test-unit test-integration test-e2e test-faults test-security bench bench-plumbing
+.PHONY: deps run stop status test lint typecheck test-unit test-integration test-e2e test-faults test-security bench bench-plumbing bench-pipeline
 
 deps:
 	@bash deploy/local/prerequisites.sh
@@ -47,6 +47,13 @@ bench: deps
 	uv run python -m bench.catalog_browse
 	uv run python -m bench.settlement_backlog
 	uv run python -m bench.orders_place --profile
+	uv run python -m bench.pipeline --profile orders
+
+# The three services end to end under increasing offered load, beside the raw
+# limits; writes bench/results/pipeline.md and pipeline.png.  Uses
+# TEST_KAFKA_BOOTSTRAP/TEST_PG_DSN when set, else starts its own servers.
+bench-pipeline: deps
+	uv run python -m bench.pipeline --profile orders
 
 # Consumers and the relay beside raw Kafka and PostgreSQL; uses
 # TEST_KAFKA_BOOTSTRAP/TEST_PG_DSN when set, else starts its own servers.

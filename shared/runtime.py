@@ -114,25 +114,25 @@ class PollingLoop:
                 await sleep_or_stop(self._wake, pause)
 
 
-class Periodic:
-    """Runs ``action`` every ``interval`` seconds until stopped; failures are logged."""
+def periodic(
+    name: str,
+    interval: float,
+    action: Callable[[], Awaitable[object]],
+    *,
+    transient: tuple[type[BaseException], ...],
+) -> PollingLoop:
+    """``action`` every ``interval`` seconds, failing the way every loop fails.
 
-    def __init__(self, name: str, interval: float, action: Callable[[], Awaitable[object]]) -> None:
-        self.name = name
-        self._interval = interval
-        self._action = action
-        self._stopping = asyncio.Event()
+    A housekeeping pass (sweeping keys, pruning) that keeps failing for reasons
+    other than an outage is a broken service like any other: it dies, and the
+    process with it, rather than logging an error every hour for ever.
+    """
 
-    def stop(self) -> None:
-        self._stopping.set()
+    async def one_pass() -> float:
+        await action()
+        return interval
 
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self._action()
-            except Exception:
-                log.exception("periodic task failed", extra={"task": self.name})
-            await sleep_or_stop(self._stopping, self._interval)
+    return PollingLoop(name, one_pass, transient=transient)
 
 
 async def serve(

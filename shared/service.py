@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 
 from shared import db, kafka, logs, retention
 from shared.contracts.envelope import Topic
+from shared.db import TRANSIENT_DB_ERRORS
 from shared.http import idempotency
 from shared.http.api import Api, RevocationCheck
 from shared.http.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE_LIMIT, DEFAULT_TIMEOUTS, create_app
@@ -29,7 +30,8 @@ from shared.http.rate_limit import RateLimit
 from shared.http.server import Timeouts
 from shared.migrations import PLUMBING_MIGRATIONS, migrate
 from shared.outbox import OutboxRelay
-from shared.runtime import BackgroundLoop, BackgroundLoopDied, Periodic, serve
+from shared.retry import RetryPolicy
+from shared.runtime import BackgroundLoop, BackgroundLoopDied, periodic, serve
 from shared.settings import Secret, load_settings, read_key_file
 from shared.tokens import TokenVerifier
 
@@ -87,11 +89,17 @@ Compose = Callable[[Runtime], Awaitable[Composition]]
 S = TypeVar("S", bound=ServiceSettings)
 
 
+# Waiting for a dependency at start-up: soon at first, then every few seconds.
+_STARTUP_RETRY = RetryPolicy(first_backoff=0.25, max_backoff=2.0)
+
+
 async def _retry_until(what: str, deadline: float, attempt: Callable[[], Awaitable[None]]) -> None:
     """Dependencies may start after us (compose, systemd): wait for them, then give up."""
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + deadline
+    tries = 0
     while True:
+        tries += 1
         try:
             await attempt()
             return
@@ -99,7 +107,7 @@ async def _retry_until(what: str, deadline: float, attempt: Callable[[], Awaitab
             if loop.time() >= give_up_at:
                 raise RuntimeError(f"{what} not reachable after {deadline:.0f}s") from exc
             log.warning("waiting for %s", what, extra={"error": repr(exc)})
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(_STARTUP_RETRY.backoff(tries))
 
 
 async def _prune(pool: db.Pool, settings: ServiceSettings, consumers: Sequence[str]) -> None:
@@ -171,9 +179,17 @@ async def run_service(
         )
         loops: list[BackgroundLoop] = [
             OutboxRelay(pool, producer, topic_prefix=settings.topic_prefix),
-            Periodic("sweep-idempotency-keys", 3600, lambda: idempotency.sweep_expired(pool)),
-            Periodic(
-                "prune-plumbing", 3600, lambda: _prune(pool, settings, composition.pruned_consumers)
+            periodic(
+                "sweep-idempotency-keys",
+                3600,
+                lambda: idempotency.sweep_expired(pool),
+                transient=TRANSIENT_DB_ERRORS,
+            ),
+            periodic(
+                "prune-plumbing",
+                3600,
+                lambda: _prune(pool, settings, composition.pruned_consumers),
+                transient=TRANSIENT_DB_ERRORS,
             ),
             *composition.loops,
         ]

@@ -8,6 +8,7 @@ from aiokafka import AIOKafkaProducer
 
 from services.settlement.domain import LedgerRefused
 from services.settlement.handlers import settle_order_events
+from services.settlement.split import SplitRefused
 from shared.consumer import BatchConsumer, Delivery, PermanentError
 from shared.contracts import orders
 from shared.contracts.envelope import EventRegistry
@@ -30,8 +31,9 @@ class OrderEventBooker:
                 [(delivery.envelope, delivery.event) for delivery in deliveries],
                 fee_bps=self.fee_bps,
             )
-        except LedgerRefused as exc:
-            # Retrying cannot make an over-refund or an unknown charge bookable.
+        except (LedgerRefused, SplitRefused) as exc:
+            # Retrying cannot make an over-refund, an unknown charge or a share
+            # outside 0..10000 bookable: dead-letter at once, without retries.
             raise PermanentError(str(exc)) from exc
 
 

@@ -11,7 +11,7 @@ import pytest
 from services.settlement import handlers, store
 from services.settlement.consumers import OrderEventBooker
 from shared import db
-from shared.consumer import Delivery
+from shared.consumer import Delivery, PermanentError
 from shared.ids import new_id
 from tests.integration.settlement.order_events import OrderEvent, OrderScript, Part
 
@@ -179,4 +179,16 @@ async def test_a_run_as_of_before_a_refund_does_not_pay_the_refunded_money(
         made = await handlers.run_payouts(conn, NOW - timedelta(days=1), NOW)
     # 970 was available at as_of; 388 of it was refunded since: 582 is all that is still owed.
     assert [(p.partner_id, p.amount) for p in made] == [(owner, 582)]
+    assert await owed(ledger_pool, owner) == {"pending": 0, "available": 0}
+
+
+async def test_a_share_no_split_can_honour_is_dead_lettered_without_retries(
+    ledger_pool: db.Pool,
+) -> None:
+    """A share above 100 % can never be split: retrying it only delays the partition."""
+    owner = new_id("ptr")
+    script = OrderScript(customer_id=new_id("cus"), owner_id=owner)
+    impossible = script.charge(Part(new_id("ptr"), "isv", 20_000, new_id("agr")), 1_000, 0)
+    with pytest.raises(PermanentError):
+        await book(ledger_pool, [script.placed(1_000), script.confirmed([impossible])])
     assert await owed(ledger_pool, owner) == {"pending": 0, "available": 0}

@@ -1,0 +1,345 @@
+"""The whole pipeline under increasing offered load, beside its raw limits: ``make bench-pipeline``.
+
+    uv run python -m bench.pipeline [--rates 25,50,100,200,400,800] [--seconds 4]
+                                    [--profile orders --profile-at 100]
+
+Catalog, orders and settlement run as real processes (``python -m
+services.<name>``) over the Kafka and PostgreSQL given by ``--kafka`` and
+``--postgres-dsn`` (default: ``TEST_KAFKA_BOOTSTRAP`` and ``TEST_PG_DSN``;
+neither set: a throwaway broker and a durable PostgreSQL of its own).  The
+operator onboards an ISV, a managed-service provider and an integrator through
+the catalog's HTTP API; they agree and publish a three-partner offering;
+customers sign up.  Simulated partners read ``orders.fulfillments`` and accept
+every request, and complete once ``orders.orders`` says the order is confirmed.
+
+Each step places orders open loop at one rate for ``--seconds`` (latency counts
+from when a request was due), then waits for settlement to charge them.  An
+order counts end to end when settlement's ledger holds its charges, read
+read-only from settlement's ``journal_entries``: ``booked_at`` is the
+OrderConfirmed event's time and ``recorded_at`` the booking transaction's.
+The raw limits (bare aiohttp, bare asyncpg transaction, aiokafka produce and
+consume of the events the pipeline published) follow in the same run, and
+``bench/results/pipeline.md`` and ``pipeline.png`` are written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+from bench import pipeline_limits as limits
+from bench import pipeline_report as report
+from bench.orders_place import (
+    _create_database,
+    _drop_database,
+    _wait_ready,
+    bare_transaction,
+    http_post,
+    prepare,
+)
+from bench.pipeline_load import (
+    Charged,
+    Customers,
+    DatabaseWatch,
+    PartnerDesk,
+    charged,
+    open_catalog,
+    partner_feeds,
+)
+from bench.plumbing import servers
+from deploy.demo.client import Marketplace
+from deploy.local import infra
+from shared.contracts import fulfillments, orders
+from shared.tokens import generate_keypair
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+SERVICES = ("catalog", "orders", "settlement")
+POOL_SIZE = report.POOL_SIZE
+# A step whose orders are not all charged this long after its last placement is
+# past what the pipeline sustains: later steps would only measure the backlog.
+DRAIN_SECONDS = 25.0
+
+
+@dataclass
+class Stack:
+    kafka: str
+    prefix: str
+    operator_token: str
+    urls: dict[str, str]
+    dsns: dict[str, str]
+    pids: dict[str, int]
+    bare_url: str
+    admin_dsn: str
+
+
+@contextmanager
+def infrastructure(kafka: str | None, admin_dsn: str | None) -> Iterator[tuple[str, str]]:
+    if kafka and admin_dsn:
+        yield kafka, admin_dsn
+        return
+    with servers() as (own_kafka, own_admin_dsn):  # a throwaway broker, a durable PostgreSQL
+        yield own_kafka, own_admin_dsn
+
+
+@contextmanager
+def running_stack(state: Path, kafka: str, admin_dsn: str) -> Iterator[Stack]:
+    suffix = secrets.token_hex(4)
+    base = admin_dsn.rsplit("/", 1)[0]
+    names = {s: f"bench_pipe_{s}_{suffix}" for s in (*SERVICES, "bare")}
+    for name in names.values():
+        asyncio.run(_create_database(admin_dsn, name))
+    dsns = {s: f"{base}/{name}" for s, name in names.items()}
+    private_pem, public_pem = generate_keypair()
+    (state / "private.pem").write_bytes(private_pem)
+    (state / "public.pem").write_bytes(public_pem)
+    ports = {s: infra.free_port() for s in (*SERVICES, "bare")}
+    operator_token = secrets.token_urlsafe(24)
+    prefix = f"benchpipe{suffix}."
+    env = dict(
+        os.environ,
+        MARKETPLACE_KAFKA_BOOTSTRAP=kafka,
+        MARKETPLACE_TOPIC_PREFIX=prefix,
+        MARKETPLACE_OPERATOR_TOKEN=operator_token,
+        MARKETPLACE_TOKEN_PUBLIC_KEY_FILE=str(state / "public.pem"),
+        CATALOG_TOKEN_SIGNING_KEY_FILE=str(state / "private.pem"),
+        MARKETPLACE_LOG_LEVEL=os.environ.get("MARKETPLACE_LOG_LEVEL", "WARNING"),
+        MARKETPLACE_DB_POOL_SIZE=str(POOL_SIZE),
+        # Every customer of the bench is 127.0.0.1: the per-address limit would throttle them.
+        MARKETPLACE_PUBLIC_RATE_LIMIT_PER_MINUTE="600000",
+        MARKETPLACE_PUBLIC_RATE_LIMIT_BURST="100000",
+    )
+    for service in SERVICES:
+        env[f"{service.upper()}_DATABASE_URL"] = dsns[service]
+        env[f"{service.upper()}_HTTP_PORT"] = str(ports[service])
+    asyncio.run(prepare(dsns["bare"]))
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for service in SERVICES:
+            log = (state / f"{service}.log").open("wb")
+            processes[service] = subprocess.Popen(
+                [sys.executable, "-m", f"services.{service}"], cwd=ROOT, env=env,
+                stdout=log, stderr=log,
+            )  # fmt: skip
+        processes["bare"] = subprocess.Popen(
+            [sys.executable, "-m", "bench.orders_bare", str(ports["bare"])], cwd=ROOT
+        )
+        # /healthz, not /readyz: readiness fetches the metadata of every topic, which
+        # on a broker shared with many test runs can take past its 2 s budget.  The
+        # first order, charged end to end before the load starts, proves the rest.
+        for service in SERVICES:
+            try:
+                _wait_ready(f"http://127.0.0.1:{ports[service]}/healthz", timeout=90)
+            except RuntimeError:
+                tail = (state / f"{service}.log").read_bytes()[-3000:].decode(errors="replace")
+                print(f"{service} did not become ready; its log ends:\n{tail}", flush=True)
+                raise
+        yield Stack(
+            kafka=kafka,
+            prefix=prefix,
+            operator_token=operator_token,
+            urls={s: f"http://127.0.0.1:{ports[s]}" for s in SERVICES},
+            dsns=dsns,
+            pids={s: p.pid for s, p in processes.items()},
+            bare_url=f"http://127.0.0.1:{ports['bare']}/bare",
+            admin_dsn=admin_dsn,
+        )
+    finally:
+        for service, process in processes.items():
+            if process.poll() is not None and service in SERVICES:
+                tail = (state / f"{service}.log").read_bytes()[-2000:].decode(errors="replace")
+                print(f"{service} exited with {process.returncode}:\n{tail}", flush=True)
+            process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for name in names.values():
+            asyncio.run(_drop_database(admin_dsn, name))
+        asyncio.run(limits.delete_topics(kafka, prefix))
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User plus system CPU seconds each process has used so far (Linux /proc), this one too."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for name, pid in {**pids, "load generator and partners": os.getpid()}.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used[name] = (int(fields[11]) + int(fields[12])) / ticks
+    return used
+
+
+def start_profiler(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy on one service for ``seconds``; None (and why) when it cannot attach."""
+    py_spy = shutil.which("py-spy")
+    command = [py_spy] if py_spy else ["uv", "run", "--with", "py-spy", "py-spy"]
+    try:
+        return subprocess.Popen(
+            [*command, "record", "-d", str(seconds), "-r", "50", "-p", str(pid), "-o", str(out),
+             "--format", "raw"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+    except OSError as exc:
+        print(f"  py-spy not started: {exc}", flush=True)
+        return None
+
+
+async def run_steps(args: argparse.Namespace, stack: Stack, state: Path) -> report.Run:
+    rates = [float(r) for r in args.rates.split(",")]
+    connector = aiohttp.TCPConnector(limit=2000)
+    partner_connector = aiohttp.TCPConnector(limit=300)
+    timeout = aiohttp.ClientTimeout(total=60)
+    ledger = await asyncpg.create_pool(stack.dsns["settlement"], min_size=1, max_size=2)
+    admin = await asyncpg.create_pool(stack.admin_dsn, min_size=1, max_size=1)
+    run = report.Run(cores=os.cpu_count() or 0, seconds=args.seconds)
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+        aiohttp.ClientSession(connector=partner_connector, timeout=timeout) as partner_session,
+    ):
+        client = Marketplace(session, stack.urls)  # type: ignore[arg-type]
+        cast = await open_catalog(client, stack.operator_token, customers=20)
+        feeds = await partner_feeds(stack.kafka, stack.prefix)
+        desk = PartnerDesk(
+            partner_session, stack.urls["orders"], {a.id: a.token for a in cast.partners.values()}
+        )
+        reading = asyncio.create_task(desk.read(feeds))
+        watch = DatabaseWatch(admin, {s: stack.dsns[s].rsplit("/", 1)[1] for s in SERVICES})
+        watching = asyncio.create_task(watch.watch())
+        customers = Customers(session, stack.urls["orders"], cast)
+        try:
+            first = await customers.first_order()
+            await _until_charged(ledger, [first], 60.0)
+            print("catalog set up, first order charged; stepping up the load", flush=True)
+            profiler: subprocess.Popen[bytes] | None = None
+            for rate in rates:
+                if args.profile and profiler is None and rate >= args.profile_at:
+                    run.profiled = args.profile
+                    profiler = start_profiler(
+                        stack.pids[args.profile], args.profile_seconds, state / "profile.txt"
+                    )
+                watch.take()
+                before, started = cpu_seconds(stack.pids), time.monotonic()
+                placed = await customers.step(rate, args.seconds)
+                ids = [p.order_id for p in placed if p.order_id]
+                books = await _until_charged(ledger, ids, DRAIN_SECONDS)
+                elapsed, after = time.monotonic() - started, cpu_seconds(stack.pids)
+                run.cpu[rate] = {n: (after[n] - before[n]) / elapsed for n in after}
+                run.database[rate] = watch.take()
+                step = report.StepResult.of(rate, args.seconds, placed, books)
+                run.steps.append(step)
+                print(step.line(), flush=True)
+                if customers.refusals or desk.failures:
+                    print(f"    refusals {dict(customers.refusals)} partners {dict(desk.failures)}")
+                    customers.refusals.clear()
+                if not step.drained:
+                    print("  the step did not drain: the pipeline is past what it sustains")
+                    break
+            if profiler is not None:
+                _, err = profiler.communicate(timeout=args.profile_seconds + 60)
+                if profiler.returncode:
+                    print(f"  py-spy failed: {err.decode(errors='replace')[-500:]}", flush=True)
+                else:
+                    raw = (state / "profile.txt").read_text()
+                    run.profile = report.hot_spots(raw)
+                    (args.out / "pipeline-profile.txt").write_text(raw)  # ignored by git
+        finally:
+            reading.cancel()
+            watching.cancel()
+            await asyncio.gather(reading, watching, return_exceptions=True)
+            for feed in feeds:
+                await feed.stop()
+        run.accepted = dict(desk.accepted)
+        await _measure_limits(run, stack, session, [s.rate for s in run.steps], args.seconds)
+    await ledger.close()
+    await admin.close()
+    return run
+
+
+async def _until_charged(
+    ledger: asyncpg.Pool, order_ids: list[str], within: float
+) -> dict[str, Charged]:
+    give_up = time.monotonic() + within
+    books = await charged(ledger, order_ids)
+    while len(books) < len(order_ids) and time.monotonic() < give_up:
+        await asyncio.sleep(0.5)
+        books = await charged(ledger, order_ids)
+    return books
+
+
+async def _measure_limits(
+    run: report.Run,
+    stack: Stack,
+    session: aiohttp.ClientSession,
+    rates: list[float],
+    seconds: float,
+) -> None:
+    print("raw limits at the same offered loads", flush=True)
+    topics = [stack.prefix + t.name for t in (orders.TOPIC, fulfillments.TOPIC)]
+    records = await limits.published(stack.kafka, topics)
+    run.events_per_order = len(records) / max(1, sum(s.charged for s in run.steps) + 1)
+    run.kafka = await limits.kafka_limit(stack.kafka, records)
+    print(
+        f"  aiokafka         {run.kafka.events} events: produce {run.kafka.produce_per_s:,.0f}/s"
+        f"  consume {run.kafka.consume_per_s:,.0f}/s",
+        flush=True,
+    )
+    run.bare_http = await limits.at_offered_loads(
+        "bare aiohttp", rates, seconds, http_post(session, stack.bare_url, b'{"lines": []}')
+    )
+    pool = await asyncpg.create_pool(stack.dsns["bare"], min_size=POOL_SIZE, max_size=POOL_SIZE)
+    try:
+        run.bare_tx = await limits.at_offered_loads(
+            "bare asyncpg tx", rates, seconds, bare_transaction(pool)
+        )
+    finally:
+        await pool.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", default="10,25,50,100,200,400,800")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--kafka", default=os.environ.get("TEST_KAFKA_BOOTSTRAP"))
+    parser.add_argument("--postgres-dsn", default=os.environ.get("TEST_PG_DSN"))
+    parser.add_argument("--profile", choices=SERVICES, help="py-spy this service under load")
+    parser.add_argument("--profile-at", type=float, default=25.0, help="from this offered rate")
+    parser.add_argument("--profile-seconds", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as folder:
+        state = Path(folder)
+        try:
+            with (
+                infrastructure(args.kafka, args.postgres_dsn) as (kafka, admin_dsn),
+                running_stack(state, kafka, admin_dsn) as stack,
+            ):
+                run = asyncio.run(run_steps(args, stack, state))
+        finally:
+            infra.remove_state(state)
+    (args.out / "pipeline.md").write_text(report.markdown(run))
+    report.plot(run, args.out / "pipeline.png")
+    print(f"\nwrote {args.out / 'pipeline.md'} and {args.out / 'pipeline.png'}")
+
+
+if __name__ == "__main__":
+    main()
