@@ -1,6 +1,6 @@
 # One target per thing a developer does. `make run` and `make test` are the two
 # set-up commands of the README: each installs what it needs first.
-.PHONY: deps run stop status test lint typecheck test-unit test-integration test-e2e test-security bench bench-plumbing bench-pipeline
+.PHONY: deps run stop status test lint typecheck test-unit test-integration test-e2e test-faults test-security bench bench-plumbing bench-pipeline
 
 deps:
 	@bash deploy/local/prerequisites.sh
@@ -29,6 +29,12 @@ test-integration: deps
 
 test-e2e: deps
 	uv run pytest tests/e2e
+
+# The crash tests with many seeds (CI runs one per scenario); a failure prints its
+# seed: replay it with `make test-faults FAULT_SEEDS=<seed>`.
+FAULT_SEEDS ?= 1 2 3 4 5 6 7 8
+test-faults: deps
+	FAULT_SEEDS="$(FAULT_SEEDS)" uv run pytest -m faults tests/e2e
 
 test-security: deps
 	uv run pytest tests/security

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from dataclasses import dataclass
 
 import aiohttp
 
-from deploy.local.infra import free_port
-from tests.support.infra import Infra, temporary_database
+from tests.support.infra import Infra
 from tests.support.keys import TokenKeys
-from tests.support.processes import Processes, PythonProcess
-from tests.support.waiting import wait_for
-
-SERVICES = ["catalog", "orders", "settlement"]
+from tests.support.processes import Processes
+from tests.support.stack import ServiceProcess, running_stack
 
 # A clean stop (in-flight requests finished, offsets committed) is quick when idle.
 PROMPT_EXIT_SECONDS = 10.0
-
-
-@dataclass
-class RunningService:
-    name: str
-    process: PythonProcess
-    base_url: str
 
 
 async def status_of(session: aiohttp.ClientSession, url: str) -> int:
@@ -36,65 +23,35 @@ async def status_of(session: aiohttp.ClientSession, url: str) -> int:
 async def test_the_services_start_ready_and_stop_cleanly_on_sigterm(
     infra: Infra, token_keys: TokenKeys, processes: Processes
 ) -> None:
-    async with contextlib.AsyncExitStack() as stack:
-        running: list[RunningService] = []
-        for name in SERVICES:
-            dsn = await stack.enter_async_context(temporary_database(infra, f"e2e_{name}"))
-            port = free_port()
-            prefix = name.upper()
-            env = {
-                f"{prefix}_DATABASE_URL": dsn,
-                f"{prefix}_HTTP_PORT": str(port),
-                "MARKETPLACE_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
-                "MARKETPLACE_OPERATOR_TOKEN": token_keys.operator_token,
-                "MARKETPLACE_TOKEN_PUBLIC_KEY_FILE": str(token_keys.public_key_file),
-                # Only the catalog signs tokens; the others never see the private key.
-                "CATALOG_TOKEN_SIGNING_KEY_FILE": str(token_keys.private_key_file),
-                f"{prefix}_STARTUP_TIMEOUT_SECONDS": "30",
-                # The most talkative level: a secret must not reach the log even here.
-                "MARKETPLACE_LOG_LEVEL": "DEBUG",
-            }
-            process = processes.start(f"services.{name}", env=env, name=name)
-            running.append(RunningService(name, process, f"http://127.0.0.1:{port}"))
-
+    settings = {
+        # The most talkative level: a secret must not reach the log even here.
+        "MARKETPLACE_LOG_LEVEL": "DEBUG",
+        # As a user runs them: a stop is prompt because it is clean, not because it is cut short.
+        "MARKETPLACE_SHUTDOWN_TIMEOUT_SECONDS": "20",
+    }
+    async with running_stack(infra, token_keys, processes, extra_env=settings) as stack:
+        running = list(stack.services.values())
         async with aiohttp.ClientSession() as session:
-            for service in running:
-
-                async def ready(service: RunningService = service) -> bool:
-                    assert service.process.alive(), (
-                        f"{service.name} exited early:\n{service.process.log()}"
-                    )
-                    return await status_of(session, f"{service.base_url}/readyz") == 200
-
-                try:
-                    await wait_for(
-                        ready,
-                        timeout=60,
-                        interval=0.1,
-                        ignore=(aiohttp.ClientError, asyncio.TimeoutError),
-                        message=f"{service.name} did not become ready",
-                    )
-                except AssertionError as exc:
-                    raise AssertionError(f"{exc}\n{service.process.log()}") from None
+            for service in running:  # running_stack waited for /readyz; alive all along
                 assert await status_of(session, f"{service.base_url}/healthz") == 200
-            issued_token = await onboard_partner(session, running[0], token_keys.operator_token)
+            issued_token = await onboard_partner(session, stack.catalog, token_keys.operator_token)
 
         started = time.monotonic()
         for service in running:
-            service.process.popen.terminate()  # SIGTERM
+            service.running.popen.terminate()  # SIGTERM
         for service in running:
-            code = await service.process.exited(within=PROMPT_EXIT_SECONDS)
-            assert code == 0, f"{service.name} exited with {code}:\n{service.process.log()}"
+            code = await service.running.exited(within=PROMPT_EXIT_SECONDS)
+            assert code == 0, f"{service.name} exited with {code}:\n{service.log()}"
         assert time.monotonic() - started < PROMPT_EXIT_SECONDS
         for service in running:
-            log = service.process.log(last_lines=100_000)
+            log = service.log(last_lines=100_000)
             assert '"stopped"' in log, log
             assert token_keys.operator_token not in log, f"{service.name} logged a secret"
             assert issued_token not in log, f"{service.name} logged an issued token"
 
 
 async def onboard_partner(
-    session: aiohttp.ClientSession, catalog: RunningService, operator_token: str
+    session: aiohttp.ClientSession, catalog: ServiceProcess, operator_token: str
 ) -> str:
     """A real request that carries one secret in and one out, so logs can be checked for both."""
     async with session.post(
