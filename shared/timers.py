@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from shared.clock import Clock, utc_now
 from shared.db import TRANSIENT_DB_ERRORS, Connection, Pool
 from shared.metrics import TIMERS_FAILED, TIMERS_FIRED, TIMERS_PARKED
 from shared.retry import RetryPolicy
@@ -39,10 +40,6 @@ TimerHandler = Callable[[Connection, str], Awaitable[None]]
 # Handler failures: about 17 minutes of attempts, then the timer is parked.
 DEFAULT_RETRY = RetryPolicy(max_attempts=10, first_backoff=1.0, max_backoff=600.0)
 _ERROR_TEXT_LIMIT = 2000
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 async def schedule(conn: Connection, *, kind: str, key: str, due_at: datetime) -> None:
@@ -69,7 +66,7 @@ class TimerLoop:
         pool: Pool,
         handlers: Mapping[str, TimerHandler],
         *,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Clock = utc_now,
         poll_seconds: float = 1.0,
         batch_size: int = 100,
         retry: RetryPolicy = DEFAULT_RETRY,

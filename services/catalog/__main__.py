@@ -6,7 +6,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from services.catalog import handlers, store
-from services.catalog.http import CatalogHttp, build_api, utc_now
+from services.catalog.http import CatalogHttp, build_api
+from shared.clock import utc_now
 from shared.contracts import catalog_accounts, catalog_agreements, catalog_offerings
 from shared.service import Compose, Composition, Runtime, ServiceSettings, main
 from shared.settings import read_key_file

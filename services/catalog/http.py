@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -39,18 +38,12 @@ from services.catalog.domain import (
     sees_co_sell_terms,
     unorderable_reason_for,
 )
+from shared.clock import Clock, utc_now
 from shared.contracts.catalog_offerings import ComponentState
 from shared.errors import NotFound
 from shared.http.api import ANY_ROLE, PUBLIC, Api, Call
-from shared.http.fields import ResourceId
 from shared.http.pagination import cursor_of_type, encode_cursor
 from shared.tokens import Principal, Role, TokenIssuer
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _ignore(_: str) -> None:
@@ -68,16 +61,6 @@ OPERATOR: frozenset[Role] = frozenset({"operator"})
 PARTNER: frozenset[Role] = frozenset({"partner"})
 CUSTOMER_OR_OPERATOR: frozenset[Role] = frozenset({"customer", "operator"})
 PARTNER_OR_OPERATOR: frozenset[Role] = frozenset({"partner", "operator"})
-
-
-def _path_id(call: Call[Any, Any], name: str, what: str) -> str:
-    """Ids in paths are checked for shape; a malformed one simply does not exist."""
-    value = call.path(name)
-    try:
-        msgspec.convert(value, ResourceId)
-    except msgspec.ValidationError:
-        raise NotFound(f"{what} {value[:64]}") from None
-    return value
 
 
 def build_api(deps: CatalogHttp) -> Api:
@@ -101,7 +84,7 @@ def build_api(deps: CatalogHttp) -> Api:
         roles=ANY_ROLE, response=PartnerProfile, tag="partners",
     )  # fmt: skip
     async def get_partner(call: Call[None, None]) -> PartnerProfile:
-        partner_id = _path_id(call, "partner_id", "partner")
+        partner_id = call.path_id("partner_id", "partner")
         async with call.connection() as conn:
             partner = await store.partner(conn, partner_id)
         if partner is None:
@@ -114,7 +97,7 @@ def build_api(deps: CatalogHttp) -> Api:
         roles=PARTNER_OR_OPERATOR, response=TokenIssued, tag="partners", shows_secret=True,
     )  # fmt: skip
     async def rotate_partner_token(call: Call[None, None]) -> TokenIssued:
-        partner_id = _path_id(call, "partner_id", "partner")
+        partner_id = call.path_id("partner_id", "partner")
         async with call.transaction() as conn:
             token = await handlers.rotate_partner_token(
                 conn, deps.issuer, call.caller, partner_id, deps.clock()
@@ -139,7 +122,7 @@ def build_api(deps: CatalogHttp) -> Api:
         roles=CUSTOMER_OR_OPERATOR, response=CustomerView, tag="customers",
     )  # fmt: skip
     async def get_customer(call: Call[None, None]) -> CustomerView:
-        customer_id = _path_id(call, "customer_id", "customer")
+        customer_id = call.path_id("customer_id", "customer")
         if call.caller.role != "operator" and call.caller.subject != customer_id:
             raise NotFound(f"customer {customer_id}")
         async with call.connection() as conn:
@@ -154,7 +137,7 @@ def build_api(deps: CatalogHttp) -> Api:
         roles=CUSTOMER_OR_OPERATOR, response=TokenIssued, tag="customers", shows_secret=True,
     )  # fmt: skip
     async def rotate_customer_token(call: Call[None, None]) -> TokenIssued:
-        customer_id = _path_id(call, "customer_id", "customer")
+        customer_id = call.path_id("customer_id", "customer")
         async with call.transaction() as conn:
             token = await handlers.rotate_customer_token(
                 conn, deps.issuer, call.caller, customer_id, deps.clock()
@@ -202,7 +185,7 @@ def build_api(deps: CatalogHttp) -> Api:
         roles=ANY_ROLE, response=AgreementView, tag="agreements",
     )  # fmt: skip
     async def get_agreement(call: Call[None, None]) -> AgreementView:
-        agreement_id = _path_id(call, "agreement_id", "agreement")
+        agreement_id = call.path_id("agreement_id", "agreement")
         async with call.connection() as conn:
             agreement = await handlers.visible_agreement(conn, call.caller, agreement_id)
         return _agreement_view(agreement)
@@ -212,7 +195,7 @@ def build_api(deps: CatalogHttp) -> Api:
         roles=PARTNER, response=AgreementView, tag="agreements",
     )  # fmt: skip
     async def revoke_agreement(call: Call[None, None]) -> AgreementView:
-        agreement_id = _path_id(call, "agreement_id", "agreement")
+        agreement_id = call.path_id("agreement_id", "agreement")
         async with call.transaction() as conn:
             agreement = await handlers.revoke_agreement(
                 conn, call.caller, agreement_id, deps.clock()
@@ -243,7 +226,7 @@ def build_api(deps: CatalogHttp) -> Api:
         roles=PARTNER, body=PatchOffering, response=OfferingView, tag="offerings",
     )  # fmt: skip
     async def patch_offering(call: Call[PatchOffering, None]) -> OfferingView:
-        offering_id = _path_id(call, "offering_id", "offering")
+        offering_id = call.path_id("offering_id", "offering")
         body = call.body
         change = ContentChange(
             name=_given(body.name),
@@ -262,7 +245,7 @@ def build_api(deps: CatalogHttp) -> Api:
         roles=PARTNER, response=OfferingView, tag="offerings",
     )  # fmt: skip
     async def publish_offering(call: Call[None, None]) -> OfferingView:
-        offering_id = _path_id(call, "offering_id", "offering")
+        offering_id = call.path_id("offering_id", "offering")
         async with call.transaction() as conn:
             offering = await handlers.publish_offering(conn, call.caller, offering_id, deps.clock())
         return _offering_view(offering, call.caller)
@@ -272,7 +255,7 @@ def build_api(deps: CatalogHttp) -> Api:
         roles=PARTNER, response=OfferingView, tag="offerings",
     )  # fmt: skip
     async def retire_offering(call: Call[None, None]) -> OfferingView:
-        offering_id = _path_id(call, "offering_id", "offering")
+        offering_id = call.path_id("offering_id", "offering")
         async with call.transaction() as conn:
             offering = await handlers.retire_offering(conn, call.caller, offering_id, deps.clock())
         return _offering_view(offering, call.caller)
@@ -282,7 +265,7 @@ def build_api(deps: CatalogHttp) -> Api:
         roles=ANY_ROLE, response=OfferingView, tag="offerings",
     )  # fmt: skip
     async def get_offering(call: Call[None, None]) -> OfferingView:
-        offering_id = _path_id(call, "offering_id", "offering")
+        offering_id = call.path_id("offering_id", "offering")
         async with call.connection() as conn:
             offering = await handlers.visible_offering(conn, call.caller, offering_id)
         return _offering_view(offering, call.caller)
@@ -293,7 +276,7 @@ def build_api(deps: CatalogHttp) -> Api:
         roles=ANY_ROLE, response=OfferingView, tag="offerings",
     )  # fmt: skip
     async def get_offering_version(call: Call[None, None]) -> OfferingView:
-        offering_id = _path_id(call, "offering_id", "offering")
+        offering_id = call.path_id("offering_id", "offering")
         raw_version = call.path("version")
         # isdigit() alone admits non-ASCII digits such as "²", which int() refuses.
         if not (raw_version.isascii() and raw_version.isdigit()) or len(raw_version) > 9:

@@ -6,8 +6,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from services.orders import consumers, handlers
-from services.orders.http import OrdersHttp, build_api, utc_now
+from services.orders.http import OrdersHttp, build_api
 from shared import account_generations
+from shared.clock import utc_now
 from shared.contracts import fulfillments, orders
 from shared.service import Composition, Runtime, ServiceSettings, main
 from shared.timers import TimerLoop

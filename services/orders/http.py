@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
-
-import msgspec
 
 from services.orders import domain, handlers, store
 from services.orders.api import (
@@ -25,18 +22,11 @@ from services.orders.api import (
     UsageAccepted,
 )
 from services.orders.domain import Accept, Command, Complete, Order, Reject, RequestedLine
-from shared.errors import NotFound
+from shared.clock import Clock, utc_now
 from shared.http.api import ANY_ROLE, Api, Call, Reply
-from shared.http.fields import ResourceId
 from shared.http.pagination import cursor_of_type, encode_cursor
 from shared.money import Money
 from shared.tokens import Role
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -47,16 +37,6 @@ class OrdersHttp:
 
 CUSTOMER: frozenset[Role] = frozenset({"customer"})
 PARTNER: frozenset[Role] = frozenset({"partner"})
-
-
-def _path_id(call: Call[Any, Any], name: str, what: str) -> str:
-    """Ids in paths are checked for shape; a malformed one simply does not exist."""
-    value = call.path(name)
-    try:
-        msgspec.convert(value, ResourceId)
-    except msgspec.ValidationError:
-        raise NotFound(f"{what} {value[:64]}") from None
-    return value
 
 
 def _after(cursor: str | None) -> str | None:
@@ -88,7 +68,7 @@ def build_api(deps: OrdersHttp) -> Api:
         roles=ANY_ROLE, response=OrderView, tag="orders",
     )  # fmt: skip
     async def get_order(call: Call[None, None]) -> OrderView:
-        order_id = _path_id(call, "order_id", "order")
+        order_id = call.path_id("order_id", "order")
         async with call.connection() as conn:
             order = await handlers.visible_order(conn, call.caller, order_id)
         return order_view(order)
@@ -121,7 +101,7 @@ def build_api(deps: OrdersHttp) -> Api:
         response=OrderView, tag="orders",
     )  # fmt: skip
     async def cancel_order(call: Call[None, None]) -> OrderView:
-        order_id = _path_id(call, "order_id", "order")
+        order_id = call.path_id("order_id", "order")
         async with call.transaction() as conn:
             order = await handlers.cancel_order(conn, call.caller.subject, order_id, deps.clock())
         return order_view(order)
@@ -150,7 +130,7 @@ def build_api(deps: OrdersHttp) -> Api:
         )
 
     async def answer(call: Call[Any, None], command: Command) -> FulfillmentView:
-        fulfillment_id = _path_id(call, "fulfillment_id", "fulfillment")
+        fulfillment_id = call.path_id("fulfillment_id", "fulfillment")
         async with call.transaction() as conn:
             order = await handlers.answer_fulfillment(
                 conn, call.caller.subject, fulfillment_id, command, deps.clock()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import asyncpg
 
@@ -338,7 +338,3 @@ async def _settle_payout(conn: Connection, payout: asyncpg.Record, booked_at: da
     await store.insert_entries(conn, [paid_entry(payout_id, plan, booked_at)])
     made = PayoutMade(payout_id, plan.partner_id, plan.amount, plan.currency, payout["reference"])
     await _record_payout(conn, made, payout["as_of"], payout_contract.PayoutPaid, booked_at)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)

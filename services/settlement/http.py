@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, overload
@@ -37,15 +36,13 @@ from services.settlement.api import (
     ThreeWayQuery,
     TrialBalance,
 )
+from shared.clock import Clock, utc_now
 from shared.errors import NotFound
 from shared.http.api import Api, Call
-from shared.http.fields import ResourceId
 from shared.http.pagination import cursor_of_type, encode_cursor
 from shared.http.problems import bad_request, invalid
 from shared.money import Money
 from shared.tokens import Principal, Role
-
-Clock = Callable[[], datetime]
 
 OPERATOR: frozenset[Role] = frozenset({"operator"})
 PARTNER_OR_OPERATOR: frozenset[Role] = frozenset({"partner", "operator"})
@@ -58,17 +55,7 @@ _MAX_LINE = 32_767
 
 @dataclass(frozen=True)
 class SettlementHttp:
-    clock: Clock = handlers.utc_now
-
-
-def _path_id(call: Call[Any, Any], name: str, what: str) -> str:
-    """Ids in paths are checked for shape; a malformed one simply does not exist."""
-    value = call.path(name)
-    try:
-        msgspec.convert(value, ResourceId)
-    except msgspec.ValidationError:
-        raise NotFound(f"{what} {value[:64]}") from None
-    return value
+    clock: Clock = utc_now
 
 
 @overload
@@ -259,7 +246,7 @@ def build_api(deps: SettlementHttp) -> Api:
         roles=PARTNER_OR_OPERATOR, query=BalanceQuery, response=Balance, tag="balances",
     )  # fmt: skip
     async def get_balance(call: Call[None, BalanceQuery]) -> Balance:
-        partner_id = _path_id(call, "partner_id", "partner")
+        partner_id = call.path_id("partner_id", "partner")
         _own_partner(call.caller, partner_id)
         async with call.connection() as conn:
             currency = call.query.currency
@@ -282,7 +269,7 @@ def build_api(deps: SettlementHttp) -> Api:
         tag="balances",
     )  # fmt: skip
     async def get_statement(call: Call[None, StatementQuery]) -> StatementPage:
-        partner_id = _path_id(call, "partner_id", "partner")
+        partner_id = call.path_id("partner_id", "partner")
         _own_partner(call.caller, partner_id)
         query = call.query
         after = _statement_cursor(query.cursor) if query.cursor is not None else None
@@ -387,7 +374,7 @@ def build_api(deps: SettlementHttp) -> Api:
         roles=OPERATOR, response=ReconciliationReport, tag="payouts",
     )  # fmt: skip
     async def get_reconciliation(call: Call[None, None]) -> ReconciliationReport:
-        reconciliation_id = _path_id(call, "reconciliation_id", "reconciliation")
+        reconciliation_id = call.path_id("reconciliation_id", "reconciliation")
         async with call.connection() as conn:
             stored = await store.reconciliation(conn, reconciliation_id)
         if stored is None:

@@ -22,7 +22,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from shared.db import Connection, Pool
+from shared.errors import NotFound
 from shared.http import idempotency
+from shared.http.fields import ResourceId
 from shared.http.idempotency import KeySecret
 from shared.http.problems import (
     PROBLEM_CONTENT_TYPE,
@@ -91,6 +93,15 @@ class Call(Generic[B, Q]):
 
     def path(self, name: str) -> str:
         return self.request.match_info[name]
+
+    def path_id(self, name: str, what: str) -> str:
+        """An id in the path, checked for shape: a malformed one simply does not exist."""
+        value = self.path(name)
+        try:
+            msgspec.convert(value, ResourceId)
+        except msgspec.ValidationError:
+            raise NotFound(f"{what} {value[:64]}") from None
+        return value
 
     @property
     def caller(self) -> Principal:
