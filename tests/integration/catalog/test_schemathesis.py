@@ -16,50 +16,21 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import hypothesis
 import pytest
 import pytest_asyncio
 import schemathesis
-from hypothesis import HealthCheck, given
-from hypothesis import strategies as st
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from services.catalog.http import CatalogHttp, build_api
 from shared.tokens import TokenIssuer, generate_keypair
 from tests.integration.catalog.conftest import Catalog
-
-MAX_EXAMPLES = 50
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-]
+from tests.support import fuzzing as fuzzing_support
 
 _ENDPOINTS = build_api(
     CatalogHttp(issuer=TokenIssuer(generate_keypair()[0], ttl=timedelta(days=1)))
 ).endpoints
-ROLES = {(e.method, e.path): e.roles for e in _ENDPOINTS}
-# Operations that take any input at all, so that there is something to get wrong.
-TAKES_INPUT = sorted(
-    (e.method, e.path)
-    for e in _ENDPOINTS
-    if e.body is not None or e.query is not None or "{" in e.path or e.method == "POST"
-)
-OPERATIONS = [
-    *[(method, path, GenerationMode.POSITIVE) for method, path in sorted(ROLES)],
-    *[(method, path, GenerationMode.NEGATIVE) for method, path in TAKES_INPUT],
-    ("GET", "/healthz", GenerationMode.POSITIVE),
-    ("GET", "/readyz", GenerationMode.POSITIVE),
-    ("GET", "/metrics", GenerationMode.POSITIVE),
-    ("GET", "/openapi.json", GenerationMode.POSITIVE),
-]
+ROLES = fuzzing_support.roles_of(_ENDPOINTS)
+OPERATIONS = fuzzing_support.operations(_ENDPOINTS)
 
 
 @dataclass(frozen=True)
@@ -123,34 +94,18 @@ async def fuzzing(catalog: Catalog) -> Fuzzing:
 
 
 def fuzz(fuzzing: Fuzzing, method: str, path: str, mode: GenerationMode) -> None:
-    operation = fuzzing.schema[path][method]
-    existing = {name: value for name, value in fuzzing.existing.items() if f"{{{name}}}" in path}
-    strategy = st.one_of(
-        operation.as_strategy(generation_mode=mode),
-        operation.as_strategy(generation_mode=mode, path_parameters=existing).map(fuzzing.aim),
+    fuzzing_support.fuzz(
+        fuzzing.schema,
+        fuzzing.base_url,
+        (method, path, mode),
+        token=fuzzing.token_for(method, path),
+        existing=fuzzing.existing,
+        aim=fuzzing.aim,
     )
-    token = fuzzing.token_for(method, path)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-
-    @hypothesis.settings(
-        max_examples=MAX_EXAMPLES,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        print_blob=False,
-    )
-    @given(case=strategy)
-    def run(case: schemathesis.Case[Any]) -> None:
-        case.call_and_validate(
-            base_url=fuzzing.base_url, headers=headers, checks=CHECKS, timeout=15
-        )
-
-    run()
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "mode"), OPERATIONS, ids=[f"{m} {p} {g}" for m, p, g in OPERATIONS]
+    ("method", "path", "mode"), OPERATIONS, ids=fuzzing_support.operation_ids(OPERATIONS)
 )
 async def test_the_service_keeps_to_its_own_schema(
     fuzzing: Fuzzing, method: str, path: str, mode: GenerationMode
@@ -159,9 +114,6 @@ async def test_the_service_keeps_to_its_own_schema(
 
 
 async def test_every_route_is_documented(fuzzing: Fuzzing) -> None:
-    documented = {
-        (method.upper(), path)
-        for path, operations in fuzzing.schema.raw_schema["paths"].items()
-        for method in operations
-    }
-    assert {(method, path) for method, path, _ in OPERATIONS} == documented
+    assert {(method, path) for method, path, _ in OPERATIONS} == fuzzing_support.documented(
+        fuzzing.schema
+    )

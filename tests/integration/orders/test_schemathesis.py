@@ -14,38 +14,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import hypothesis
 import pytest
 import pytest_asyncio
 import schemathesis
-from hypothesis import HealthCheck, given
-from hypothesis import strategies as st
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from services.orders.http import OrdersHttp, build_api
 from tests.integration.catalog.conftest import Catalog
 from tests.integration.orders.conftest import Orders
+from tests.support import fuzzing as fuzzing_support
 
 MAX_EXAMPLES = 40
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-]
-
 _ENDPOINTS = build_api(OrdersHttp(acceptance_window=timedelta(hours=48))).endpoints
-ROLES = {(e.method, e.path): e.roles for e in _ENDPOINTS}
-OPERATIONS = [
-    *[(method, path, GenerationMode.POSITIVE) for method, path in sorted(ROLES)],
-    *[(method, path, GenerationMode.NEGATIVE) for method, path in sorted(ROLES)],
-]
+ROLES = fuzzing_support.roles_of(_ENDPOINTS)
+OPERATIONS = fuzzing_support.operations(_ENDPOINTS)
 
 
 @dataclass(frozen=True)
@@ -56,7 +38,7 @@ class Fuzzing:
     existing: dict[str, str]
 
     def token_for(self, method: str, path: str) -> str:
-        roles = ROLES[(method, path)]
+        roles = ROLES.get((method, path), frozenset())
         return self.tokens["customer"] if "customer" in roles else self.tokens["partner"]
 
     def aim(self, case: schemathesis.Case[Any]) -> schemathesis.Case[Any]:
@@ -105,33 +87,18 @@ async def fuzzing(catalog: Catalog, orders: Orders) -> Fuzzing:
 
 
 def fuzz(fuzzing: Fuzzing, method: str, path: str, mode: GenerationMode) -> None:
-    operation = fuzzing.schema[path][method]
-    existing = {name: value for name, value in fuzzing.existing.items() if f"{{{name}}}" in path}
-    strategy = st.one_of(
-        operation.as_strategy(generation_mode=mode),
-        operation.as_strategy(generation_mode=mode, path_parameters=existing).map(fuzzing.aim),
+    fuzzing_support.fuzz(
+        fuzzing.schema,
+        fuzzing.base_url,
+        (method, path, mode),
+        token=fuzzing.token_for(method, path),
+        existing=fuzzing.existing,
+        aim=fuzzing.aim,
     )
-    headers = {"Authorization": f"Bearer {fuzzing.token_for(method, path)}"}
-
-    @hypothesis.settings(
-        max_examples=MAX_EXAMPLES,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        print_blob=False,
-    )
-    @given(case=strategy)
-    def run(case: schemathesis.Case[Any]) -> None:
-        case.call_and_validate(
-            base_url=fuzzing.base_url, headers=headers, checks=CHECKS, timeout=15
-        )
-
-    run()
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "mode"), OPERATIONS, ids=[f"{m} {p} {g}" for m, p, g in OPERATIONS]
+    ("method", "path", "mode"), OPERATIONS, ids=fuzzing_support.operation_ids(OPERATIONS)
 )
 async def test_orders_keeps_to_its_own_schema(
     fuzzing: Fuzzing, method: str, path: str, mode: GenerationMode
