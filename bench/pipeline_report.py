@@ -148,7 +148,7 @@ def markdown(run: Run) -> str:
         "",
         f"`make bench-pipeline`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {run.cores} cores shared "
         "by the three services, Kafka, PostgreSQL, the load generator and the simulated partners "
-        f"(and other engineers' test runs). Open loop, {run.seconds:g} s per step. An order counts "
+        f"(and anything else running). Open loop, {run.seconds:g} s per step. An order counts "
         "end to end when settlement's ledger holds its charges (read-only from "
         "`journal_entries`: confirmed = the OrderConfirmed event's `booked_at`, charged = the "
         "booking transaction's `recorded_at`). Latencies count from when the placement was due. "
