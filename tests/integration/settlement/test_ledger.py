@@ -192,3 +192,42 @@ async def test_a_share_no_split_can_honour_is_dead_lettered_without_retries(
     with pytest.raises(PermanentError):
         await book(ledger_pool, [script.placed(1_000), script.confirmed([impossible])])
     assert await owed(ledger_pool, owner) == {"pending": 0, "available": 0}
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE payouts SET amount = amount + 1",
+        "UPDATE payouts SET partner_id = 'ptr_someone_else'",
+        "UPDATE payouts SET reference = 'MP-FORGED'",
+        "DELETE FROM payouts",
+        "TRUNCATE payouts CASCADE",
+    ],
+)
+async def test_a_payout_keeps_its_terms_once_made(ledger_pool: db.Pool, statement: str) -> None:
+    owner = new_id("ptr")
+    script = OrderScript(customer_id=new_id("cus"), owner_id=owner)
+    charge = script.charge(Part(owner, "isv", 10_000), 1_000, 0)
+    earlier = NOW - timedelta(days=2)
+    await book(
+        ledger_pool,
+        [
+            at(script.placed(1_000), earlier),
+            at(script.confirmed([charge]), earlier),
+            at(script.fulfilled(), earlier),
+        ],
+    )
+    async with db.unit_of_work(ledger_pool) as conn:
+        [made] = await handlers.run_payouts(conn, NOW - timedelta(days=1), NOW)
+    async with ledger_pool.acquire() as conn:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(statement)
+        row = await conn.fetchrow("SELECT partner_id, amount, reference FROM payouts")
+        assert row is not None
+        assert (row["partner_id"], row["amount"], row["reference"]) == (
+            owner,
+            made.amount,
+            made.reference,
+        )
+        # Its status still moves forward, as a reconciliation does.
+        await conn.execute("UPDATE payouts SET status = 'paid', paid_at = now()")
