@@ -119,6 +119,10 @@ class PayoutPage(msgspec.Struct, frozen=True):
 
 
 class BankStatementLine(_Request, frozen=True, forbid_unknown_fields=True):
+    """A booking on the marketplace's bank account: `amount` in minor units of the payout's
+    currency. The payout's amount is the bank paying it out; the negative of its amount is
+    the bank returning it (the payout becomes `failed` and its money available again)."""
+
     reference: BankReference
     amount: BankAmount
     booked_at: AwareDatetime
@@ -132,17 +136,30 @@ class ReconciledLine(msgspec.Struct, frozen=True, omit_defaults=True):
     """One statement line, or one payout the statement should have booked (``missing``)."""
 
     reference: str
-    # What the payout named by ``reference`` is for, in its currency.
-    expected: Money | None = None
-    # What the bank booked, as Money when the currency is known: the payout's.
-    booked: Money | None = None
-    # What the bank booked, in minor units as the statement gave it: on every
-    # line from the statement, and the only amount on a line naming no payout,
-    # whose currency no one told us.
-    booked_amount: int | None = None
+    expected: Annotated[
+        Money | None,
+        msgspec.Meta(description="The amount of the payout named by `reference`."),
+    ] = None
+    booked: Annotated[
+        Money | None,
+        msgspec.Meta(
+            description="What the bank booked, in the payout's currency; absent on a line "
+            "naming no payout, whose currency is unknown (see `booked_amount`)."
+        ),
+    ] = None
+    booked_amount: Annotated[
+        int | None,
+        msgspec.Meta(
+            description="What the bank booked, in integer minor units as the statement gave "
+            "it, on every line from the statement. On a line naming no payout it is the only "
+            "amount: the statement does not say its currency, and none is invented."
+        ),
+    ] = None
     payout_id: str | None = None
-    # The payout's status once this statement was applied.
-    status: PayoutStatus | None = None
+    status: Annotated[
+        PayoutStatus | None,
+        msgspec.Meta(description="The payout's status once this statement was applied."),
+    ] = None
 
 
 class ReconciliationReport(msgspec.Struct, frozen=True):
@@ -168,9 +185,13 @@ class ReconciliationReport(msgspec.Struct, frozen=True):
     mismatched: list[ReconciledLine]
     returned: list[ReconciledLine] = []
     already_reconciled: list[ReconciledLine] = []
-    # The statement's latest booked_at (absent for an empty statement): a
-    # payout made after it could not be on this statement, so is not missing.
-    statement_end: datetime | None = None
+    statement_end: Annotated[
+        datetime | None,
+        msgspec.Meta(
+            description="The statement's latest booked_at (null for an empty statement): "
+            "payouts made after it could not be on this statement and are not missing."
+        ),
+    ] = None
 
 
 class ThreeWayQuery(_Request, frozen=True, forbid_unknown_fields=True):

@@ -271,3 +271,28 @@ async def test_a_payout_keeps_its_terms_once_made(ledger_pool: db.Pool, statemen
         )
         # Its status still moves forward, as a reconciliation does.
         await conn.execute("UPDATE payouts SET status = 'paid', paid_at = now()")
+
+
+async def test_a_failed_payout_never_becomes_paid_in_the_database(ledger_pool: db.Pool) -> None:
+    owner = new_id("ptr")
+    script = OrderScript(customer_id=new_id("cus"), owner_id=owner)
+    charge = script.charge(Part(owner, "isv", 10_000), 1_000, 0)
+    earlier = NOW - timedelta(days=2)
+    await book(
+        ledger_pool,
+        [
+            at(event, earlier)
+            for event in (script.placed(1_000), script.confirmed([charge]), script.fulfilled())
+        ],
+    )
+    async with db.unit_of_work(ledger_pool) as conn:
+        await handlers.run_payouts(conn, NOW - timedelta(days=1), NOW)
+    async with ledger_pool.acquire() as conn:
+        await conn.execute("UPDATE payouts SET status = 'paid'")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="is paid: it cannot become"):
+            await conn.execute("UPDATE payouts SET status = 'pending'")
+        await conn.execute("UPDATE payouts SET status = 'failed'")
+        for status in ("paid", "pending"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="is failed"):
+                await conn.execute("UPDATE payouts SET status = $1", status)
+        assert await conn.fetchval("SELECT status FROM payouts") == "failed"

@@ -17,7 +17,8 @@ EARNED = 970  # 1,000 charged, less the 3 % marketplace fee
 async def paid_out(settlement: Settlement, partner: str, as_of: datetime) -> dict[str, Any]:
     """Run payouts at ``as_of``; the one payout made to ``partner``."""
     run = await settlement.operator("POST", "/v1/payouts/run", body={"as_of": as_of.isoformat()})
-    (payout,) = [p for p in run.expect(201)["payouts"] if p["partner_id"] == partner]
+    payouts: list[dict[str, Any]] = run.expect(201)["payouts"]
+    (payout,) = [p for p in payouts if p["partner_id"] == partner]
     return payout
 
 
