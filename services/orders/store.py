@@ -352,3 +352,45 @@ async def list_fulfillment_orders(
         limit,
     )
     return [(row["id"], row["order_id"]) for row in rows]
+
+
+async def customer_order_ids(
+    conn: Connection,
+    customer_id: str,
+    *,
+    status: OrderStatus | None,
+    after_id: str | None,
+    limit: int,
+) -> list[str]:
+    return await list_order_ids(
+        conn, customer_id=customer_id, owner_id=None, status=status, after_id=after_id, limit=limit
+    )
+
+
+async def owner_order_ids(
+    conn: Connection, owner_id: str, *, status: OrderStatus | None, after_id: str | None, limit: int
+) -> list[str]:
+    return await list_order_ids(
+        conn, customer_id=None, owner_id=owner_id, status=status, after_id=after_id, limit=limit
+    )
+
+
+async def all_order_ids(
+    conn: Connection, *, status: OrderStatus | None, after_id: str | None, limit: int
+) -> list[str]:
+    return await list_order_ids(
+        conn, customer_id=None, owner_id=None, status=status, after_id=after_id, limit=limit
+    )
+
+
+async def partner_fulfillment_ids(
+    conn: Connection,
+    partner_id: str,
+    *,
+    status: FulfillmentStatus | None,
+    after_id: str | None,
+    limit: int,
+) -> list[tuple[str, str]]:
+    return await list_fulfillment_orders(
+        conn, partner_id=partner_id, status=status, after_id=after_id, limit=limit
+    )
