@@ -1,12 +1,17 @@
-"""Listing an owner's orders reads that owner's orders, not every order there is.
+"""Listing a customer's or an owner's orders reads theirs, not every order there is.
 
-The test records the query ``store.list_order_ids`` sends, runs it again
-under ``EXPLAIN ANALYZE`` on a table where the owner's few orders are the
-oldest of many, and counts the rows of ``orders`` the plan touched.
+The tests record the query the store sends, run it again under ``EXPLAIN
+ANALYZE`` on a table where the customer's or owner's few orders are the
+oldest of many, and count the rows the plan touched and the index it used.
+asyncpg prepares every statement, and after five executions PostgreSQL may
+settle on a generic plan that knows no parameter values; so each query is
+also prepared, executed more than five times and explained as PostgreSQL then
+runs it, and once more with the generic plan forced.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import asyncpg
@@ -14,11 +19,13 @@ import msgspec
 import pytest
 
 from services.orders import store
+from shared.contracts.orders import OrderStatus
 from shared.db import Connection
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 OWNER = "prt_smallowner"
+CUSTOMER = "cus_smallcustomer"
 OTHERS = 3000
 
 
@@ -46,9 +53,12 @@ async def seed(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     # The owner's orders are the oldest: newest-first, every other order comes before them.
     await conn.execute(
         "INSERT INTO orders (id, customer_id, status, currency, total, placed_at, accept_by,"
-        " changed_at, sequence) SELECT 'ord_' || lpad(i::text, 8, '0'), 'cus_' || (i % 97),"
-        " 'pending', 'USD', 1, now(), now(), now(), 1 FROM generate_series(1, $1) i",
+        " changed_at, sequence) SELECT 'ord_' || lpad(i::text, 8, '0'),"
+        " CASE WHEN i <= 3 THEN $2 ELSE 'cus_' || (i % 97) END,"
+        " CASE WHEN i % 2 = 0 THEN 'pending' ELSE 'confirmed' END,"
+        " 'USD', 1, now(), now(), now(), 1 FROM generate_series(1, $1) i",
         OTHERS + 3,
+        CUSTOMER,
     )
     await conn.execute(
         "INSERT INTO order_lines (id, order_id, position, offering_id, offering_version,"
@@ -62,23 +72,81 @@ async def seed(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     await conn.execute("ANALYZE orders; ANALYZE order_lines")
 
 
-async def test_an_owners_list_reads_only_that_owners_orders(migrated_orders_db: str) -> None:
+def indexes_used(plan: dict[str, Any]) -> set[str]:
+    own = {plan["Index Name"]} if "Index Name" in plan else set()
+    return own.union(*(indexes_used(child) for child in plan.get("Plans", [])))
+
+
+async def recorded_query(
+    conn: asyncpg.Connection[asyncpg.Record], list_ids: Callable[[Connection], Awaitable[Any]]
+) -> tuple[Any, str, tuple[Any, ...]]:
+    recording = Recording(conn)
+    found = await list_ids(cast(Connection, recording))
+    [(sql, args)] = recording.asked
+    return found, sql, args
+
+
+async def plans_as_prepared(
+    conn: asyncpg.Connection[asyncpg.Record], sql: str, args: tuple[Any, ...]
+) -> list[dict[str, Any]]:
+    """The plans of seven executions of ``sql`` prepared, then of one with a generic plan."""
+    await conn.execute(f"PREPARE listing AS {sql}")
+    # EXECUTE takes values, not bind parameters; ours are ids, statuses and numbers.
+    values = ", ".join(
+        str(a) if isinstance(a, int) else "'" + a.replace("'", "''") + "'" for a in args
+    )
+    call = f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE listing({values})"
+    plans = []
+    try:
+        for _ in range(7):
+            plans.append(msgspec.json.decode(await conn.fetchval(call))[0]["Plan"])
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        plans.append(msgspec.json.decode(await conn.fetchval(call))[0]["Plan"])
+    finally:
+        await conn.execute("RESET plan_cache_mode; DEALLOCATE listing")
+    return plans
+
+
+LISTED = ["ord_00000003", "ord_00000002", "ord_00000001"]
+
+
+@pytest.mark.parametrize("status", [None, "confirmed"])
+@pytest.mark.parametrize("after_id", [None, "ord_00000004"])
+async def test_an_owners_list_reads_only_that_owners_orders(
+    migrated_orders_db: str, status: OrderStatus | None, after_id: str | None
+) -> None:
     conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(migrated_orders_db)
     try:
         await seed(conn)
-        recording = Recording(conn)
-        found = await store.list_order_ids(
-            cast(Connection, recording),
-            customer_id=None,
-            owner_id=OWNER,
-            status=None,
-            after_id=None,
-            limit=51,
+        found, sql, args = await recorded_query(
+            conn,
+            lambda c: store.owner_order_ids(c, OWNER, status=status, after_id=after_id, limit=51),
         )
-        assert found == ["ord_00000003", "ord_00000002", "ord_00000001"]
-        [(sql, args)] = recording.asked
-        explained = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *args)
-        plan = msgspec.json.decode(explained)[0]["Plan"]
-        assert rows_touched(plan, "orders") <= 3 * 2, plan
+        assert found == [o for o in LISTED if status is None or o != "ord_00000002"]
+        for plan in await plans_as_prepared(conn, sql, args):
+            assert "order_lines_by_owner" in indexes_used(plan), plan
+            assert rows_touched(plan, "orders") <= 3 * 2, plan
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("status", [None, "confirmed"])
+@pytest.mark.parametrize("after_id", [None, "ord_00000004"])
+async def test_a_customers_list_reads_only_that_customers_orders(
+    migrated_orders_db: str, status: OrderStatus | None, after_id: str | None
+) -> None:
+    conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(migrated_orders_db)
+    try:
+        await seed(conn)
+        found, sql, args = await recorded_query(
+            conn,
+            lambda c: store.customer_order_ids(
+                c, CUSTOMER, status=status, after_id=after_id, limit=51
+            ),
+        )
+        assert found == [o for o in LISTED if status is None or o != "ord_00000002"]
+        for plan in await plans_as_prepared(conn, sql, args):
+            assert "orders_by_customer" in indexes_used(plan), plan
+            assert rows_touched(plan, "orders") <= 3 * 2, plan
     finally:
         await conn.close()
