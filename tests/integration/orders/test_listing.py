@@ -150,3 +150,45 @@ async def test_a_customers_list_reads_only_that_customers_orders(
             assert rows_touched(plan, "orders") <= 3 * 2, plan
     finally:
         await conn.close()
+
+
+PARTNER = "prt_busy"
+
+
+async def seed_fulfillments(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    # The busy partner is asked for every order, and its three accepted fulfilments
+    # are its oldest; fifty other partners share the orders too.
+    await seed(conn)
+    await conn.execute(
+        "INSERT INTO fulfillments (id, order_id, partner_id, role, status, changed_at)"
+        " SELECT 'ful_' || lpad(i::text, 8, '0'), 'ord_' || lpad(i::text, 8, '0'), $2,"
+        " 'reseller', CASE WHEN i <= 3 THEN 'accepted' ELSE 'requested' END, now()"
+        " FROM generate_series(1, $1) i"
+        " UNION ALL SELECT 'ful_x' || i, 'ord_' || lpad(i::text, 8, '0'), 'prt_' || (i % 50),"
+        " 'isv', CASE WHEN i % 3 = 0 THEN 'accepted' ELSE 'requested' END, now()"
+        " FROM generate_series(1, $1) i",
+        OTHERS + 3,
+        PARTNER,
+    )
+    await conn.execute("ANALYZE fulfillments")
+
+
+@pytest.mark.parametrize("after_id", [None, "ful_00003000"])
+async def test_a_partners_fulfillments_of_one_status_read_only_those(
+    migrated_orders_db: str, after_id: str | None
+) -> None:
+    conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(migrated_orders_db)
+    try:
+        await seed_fulfillments(conn)
+        found, sql, args = await recorded_query(
+            conn,
+            lambda c: store.partner_fulfillment_ids(
+                c, PARTNER, status="accepted", after_id=after_id, limit=51
+            ),
+        )
+        assert [f for f, _ in found] == ["ful_00000003", "ful_00000002", "ful_00000001"]
+        for plan in await plans_as_prepared(conn, sql, args):
+            assert "fulfillments_by_partner_status" in indexes_used(plan), plan
+            assert rows_touched(plan, "fulfillments") <= 3 * 2, plan
+    finally:
+        await conn.close()
