@@ -23,6 +23,7 @@ from services.orders.domain import (
     Transition,
 )
 from shared import outbox, timers
+from shared.clock import Clock
 from shared.contracts import catalog_agreements, catalog_offerings
 from shared.contracts import fulfillments as fulfillment_events
 from shared.contracts import orders as order_events
@@ -115,6 +116,15 @@ async def acceptance_deadline_passed(conn: Connection, order_id: str, now: datet
         await _change(conn, order_id, domain.DeadlinePassed(), now)
     except (InvalidTransition, NotFound):
         return
+
+
+def timer_handlers(clock: Clock) -> dict[str, timers.TimerHandler]:
+    """What the orders timer loop fires; ``clock`` is the loop's own, so the two agree."""
+
+    async def deadline(conn: Connection, order_id: str) -> None:
+        await acceptance_deadline_passed(conn, order_id, clock())
+
+    return {ACCEPTANCE_DEADLINE: deadline}
 
 
 async def report_usage(conn: Connection, order_id: str, report: ReportUsage, now: datetime) -> None:
