@@ -11,42 +11,18 @@ runs it, and once more with the generic plan forced.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
-
 import asyncpg
-import msgspec
 import pytest
 
 from services.orders import store
 from shared.contracts.orders import OrderStatus
-from shared.db import Connection
+from tests.support.plans import indexes_used, plans_as_prepared, recorded_query, rows_touched
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 OWNER = "prt_smallowner"
 CUSTOMER = "cus_smallcustomer"
 OTHERS = 3000
-
-
-class Recording:
-    """Passes ``fetch`` through to a real connection and keeps what was asked."""
-
-    def __init__(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
-        self.conn = conn
-        self.asked: list[tuple[str, tuple[Any, ...]]] = []
-
-    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        self.asked.append((sql, args))
-        return await self.conn.fetch(sql, *args)
-
-
-def rows_touched(plan: dict[str, Any], relation: str) -> int:
-    own = 0
-    if plan.get("Relation Name") == relation:
-        loops = plan.get("Actual Loops", 1)
-        own = (plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0)) * loops
-    return own + sum(rows_touched(child, relation) for child in plan.get("Plans", []))
 
 
 async def seed(conn: asyncpg.Connection[asyncpg.Record]) -> None:
@@ -70,41 +46,6 @@ async def seed(conn: asyncpg.Connection[asyncpg.Record]) -> None:
         OWNER,
     )
     await conn.execute("ANALYZE orders; ANALYZE order_lines")
-
-
-def indexes_used(plan: dict[str, Any]) -> set[str]:
-    own = {plan["Index Name"]} if "Index Name" in plan else set()
-    return own.union(*(indexes_used(child) for child in plan.get("Plans", [])))
-
-
-async def recorded_query(
-    conn: asyncpg.Connection[asyncpg.Record], list_ids: Callable[[Connection], Awaitable[Any]]
-) -> tuple[Any, str, tuple[Any, ...]]:
-    recording = Recording(conn)
-    found = await list_ids(cast(Connection, recording))
-    [(sql, args)] = recording.asked
-    return found, sql, args
-
-
-async def plans_as_prepared(
-    conn: asyncpg.Connection[asyncpg.Record], sql: str, args: tuple[Any, ...]
-) -> list[dict[str, Any]]:
-    """The plans of seven executions of ``sql`` prepared, then of one with a generic plan."""
-    await conn.execute(f"PREPARE listing AS {sql}")
-    # EXECUTE takes values, not bind parameters; ours are ids, statuses and numbers.
-    values = ", ".join(
-        str(a) if isinstance(a, int) else "'" + a.replace("'", "''") + "'" for a in args
-    )
-    call = f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE listing({values})"
-    plans = []
-    try:
-        for _ in range(7):
-            plans.append(msgspec.json.decode(await conn.fetchval(call))[0]["Plan"])
-        await conn.execute("SET plan_cache_mode = force_generic_plan")
-        plans.append(msgspec.json.decode(await conn.fetchval(call))[0]["Plan"])
-    finally:
-        await conn.execute("RESET plan_cache_mode; DEALLOCATE listing")
-    return plans
 
 
 LISTED = ["ord_00000003", "ord_00000002", "ord_00000001"]
