@@ -31,3 +31,8 @@ TIMERS_FAILED = Counter(
 TIMERS_PARKED = Counter(
     "timers_parked_total", "Timers left for an operator after their last attempt", ["kind"]
 )
+TIMERS_UNHANDLED = Gauge(
+    "timers_due_unhandled",
+    "Due timers of a kind no handler of this service's timer loop is registered for",
+    ["kind"],
+)
