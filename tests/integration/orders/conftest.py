@@ -120,6 +120,9 @@ async def start_orders(
         shutdown_timeout_seconds=5,
         acceptance_deadline_seconds=acceptance_deadline_seconds,
         timer_poll_seconds=timer_poll_seconds,
+        # Tests drive one token hard (concurrency, fuzzing); tests/security checks the limit.
+        principal_rate_limit_per_minute=600_000,
+        principal_rate_limit_burst=100_000,
     )
     async with running_service(
         "orders",
