@@ -168,7 +168,7 @@ async def _usage_known(conn: Connection, report: ReportUsage, order_id: str) -> 
 
 
 @dataclass(frozen=True)
-class OrderPage:
+class OrderList:
     """Orders newest first, and whether more follow the last of them."""
 
     orders: list[Order]
@@ -176,7 +176,7 @@ class OrderPage:
 
 
 @dataclass(frozen=True)
-class FulfillmentPage:
+class FulfillmentList:
     """A partner's fulfilments newest first, each with its order, and whether more follow."""
 
     fulfillments: list[tuple[str, Order]]
@@ -210,7 +210,7 @@ async def list_orders(
     status: OrderStatus | None,
     after_id: str | None,
     limit: int,
-) -> OrderPage:
+) -> OrderList:
     """What ``may_see`` admits, a page at a time: a customer's own orders, the orders
     of the offerings a partner owns (it answers for the whole deal), or all of them."""
     match caller.role:
@@ -224,7 +224,7 @@ async def list_orders(
             )
         case "operator":
             ids = await store.all_order_ids(conn, status=status, after_id=after_id, limit=limit + 1)
-    return OrderPage(await store.orders_by_id(conn, ids[:limit]), more=len(ids) > limit)
+    return OrderList(await store.orders_by_id(conn, ids[:limit]), more=len(ids) > limit)
 
 
 async def list_fulfillments(
@@ -234,7 +234,7 @@ async def list_fulfillments(
     status: FulfillmentStatus | None,
     after_id: str | None,
     limit: int,
-) -> FulfillmentPage:
+) -> FulfillmentList:
     """The fulfilment requests sent to the calling partner: its own and no one else's."""
     if caller.role != "partner":
         raise NotAllowed("only a partner has fulfillment requests")
@@ -243,7 +243,7 @@ async def list_fulfillments(
     )
     page = found[:limit]
     orders = {o.order_id: o for o in await store.orders_by_id(conn, [oid for _, oid in page])}
-    return FulfillmentPage(
+    return FulfillmentList(
         [(fulfillment_id, orders[oid]) for fulfillment_id, oid in page], more=len(found) > limit
     )
 
