@@ -135,6 +135,9 @@ def running_stack(state: Path) -> Iterator[Stack]:
         MARKETPLACE_TOKEN_PUBLIC_KEY_FILE=str(state / "public.pem"),
         CATALOG_TOKEN_SIGNING_KEY_FILE=str(state / "signing.pem"),
         MARKETPLACE_LOG_LEVEL="WARNING",
+        # One token browses at every offered rate: the per-caller limit would cap it.
+        MARKETPLACE_PRINCIPAL_RATE_LIMIT_PER_MINUTE="600000",
+        MARKETPLACE_PRINCIPAL_RATE_LIMIT_BURST="100000",
     )
     log = (state / "catalog.log").open("wb")
     servers = [

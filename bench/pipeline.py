@@ -122,6 +122,9 @@ def running_stack(state: Path, kafka: str, admin_dsn: str) -> Iterator[Stack]:
         # Every customer of the bench is 127.0.0.1: the per-address limit would throttle them.
         MARKETPLACE_PUBLIC_RATE_LIMIT_PER_MINUTE="600000",
         MARKETPLACE_PUBLIC_RATE_LIMIT_BURST="100000",
+        # One partner answers every fulfilment: the per-caller limit would be the bottleneck.
+        MARKETPLACE_PRINCIPAL_RATE_LIMIT_PER_MINUTE="600000",
+        MARKETPLACE_PRINCIPAL_RATE_LIMIT_BURST="100000",
     )
     for service in SERVICES:
         env[f"{service.upper()}_DATABASE_URL"] = dsns[service]
