@@ -504,6 +504,13 @@ def _busy(activity: Activity) -> tuple[float, str]:
 Row = tuple[str, float | None, str, float | None, str]
 
 
+def _per(amount: float, per: float, shown: str) -> tuple[float | None, str]:
+    """``amount / per``, or nothing when there was nothing to divide by."""
+    if not per:
+        return None, "-"
+    return amount / per, shown.format(amount / per)
+
+
 def _row(name: str, values: list[tuple[float | None, str]]) -> Row:
     (x, a), (y, b) = values
     return name, x, a, y, b
@@ -523,6 +530,9 @@ def table(placed: dict[int, OrdersRun], settled: dict[int, SettlementRun]) -> li
         _row("orders placed/s kept up with (any p99)", [_placed(kept[n]) for n in COUNTS]),
         _row("  there: CPU of the orders processes, cores",
              [(c.service, f"{c.service:.2f}") for c in orders_cpu]),
+        _row("  there: their CPU per placement, ms",
+             [_per(c.service * 1000, s.achieved if s else 0.0, "{:.2f}")
+              for c, s in zip(orders_cpu, kept.values(), strict=True)]),
         _row("  there: whole machine busy", [(c.machine, f"{c.machine:.0%}") for c in orders_cpu]),
         _row(f"  there: orders DB connections busy (pool {POOL_SIZE} per process)",
              [_busy(a) for a in orders_db]),
@@ -538,6 +548,9 @@ def table(placed: dict[int, OrdersRun], settled: dict[int, SettlementRun]) -> li
              [(settled[n].timed_events, f"{settled[n].timed_events:,}") for n in COUNTS]),
         _row("  CPU of the settlement processes, cores",
              [(c.service, f"{c.service:.2f}") for c in settlement_cpu]),
+        _row("  events per second of their CPU",
+             [_per(settled[n].per_s, c.service, "{:,.0f}")
+              for n, c in zip(COUNTS, settlement_cpu, strict=True)]),
         _row("  whole machine busy", [(c.machine, f"{c.machine:.0%}") for c in settlement_cpu]),
         _row("  settlement DB connections busy", [_busy(settled[n].database) for n in COUNTS]),
     ]  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from bench.orders_place import Step
-from bench.scale_out import OrdersRun, SettlementRun, best_catch_up, round_robin
+from bench.scale_out import Cpu, OrdersRun, SettlementRun, best_catch_up, round_robin, table
 
 
 def step(rate: float, achieved: float, p99_ms: float, errors: int = 0) -> Step:
@@ -61,3 +61,22 @@ async def test_requests_go_to_each_process_in_turn() -> None:
     for _ in range(4):
         assert await fire()
     assert seen == ["orders-1", "orders-2", "orders-1", "orders-2"]
+
+
+def test_the_table_sets_each_figure_beside_its_ratio_and_says_none_when_nothing_kept_up() -> None:
+    one, two = OrdersRun(1, partitions=[12]), OrdersRun(2, partitions=[6, 6])
+    one.steps = [step(100, 100, 20)]
+    one.cpu = {100: Cpu(service=0.4, client=0.1, machine=0.9)}
+    two.steps = [step(100, 60, 900)]  # behind: nothing kept up with
+    one.relay_per_s, two.relay_per_s = 4000.0, 5000.0
+    ledgers = {n: settled(n, 3000.0 * n) for n in (1, 2)}
+    for n, ledger in ledgers.items():
+        ledger.cpu = Cpu(service=0.3 * n, client=0.0, machine=1.0)
+        ledger.partitions = [6] if n == 1 else [3, 3]
+    rows = {line.split(" | ")[0].strip("| "): line for line in table({1: one, 2: two}, ledgers)}
+    assert rows["orders placed/s kept up with (any p99)"].endswith("| 100 (p99 20 ms) | none | - |")
+    assert rows["there: their CPU per placement, ms"].endswith("| 4.00 | - | - |")
+    assert rows["orders relay, outbox events/s"].endswith("| 4,000 | 5,000 | 1.25 |")
+    assert rows["settlement catch-up, events/s"].endswith("| 3,000 | 6,000 | 2.00 |")
+    assert rows["events per second of their CPU"].endswith("| 10,000 | 10,000 | 1.00 |")
+    assert rows["partitions per member of `settlement-ledger`"].endswith("| 6 | 3+3 | |")
