@@ -494,6 +494,12 @@ def _placed(step: Step | None) -> tuple[float | None, str]:
     return step.achieved, f"{step.achieved:,.0f} (p99 {step.p99 * 1000:,.0f} ms)"
 
 
+def _most(steps: list[Step]) -> tuple[float | None, str]:
+    """The most any step achieved: a step that fell behind still placed this many a second."""
+    most = max((s.achieved for s in steps), default=None)
+    return most, "none" if most is None else f"{most:,.0f}"
+
+
 def _busy(activity: Activity) -> tuple[float, str]:
     """Busy connections (summed over the processes) and the two commonest activities."""
     top = sorted(activity.items(), key=lambda kv: -kv[1])[:2]
@@ -528,6 +534,8 @@ def table(placed: dict[int, OrdersRun], settled: dict[int, SettlementRun]) -> li
         _row(f"orders placed/s at p99 <= {P99_BUDGET * 1000:.0f} ms",
              [_placed(placed[n].best(within_budget=True)) for n in COUNTS]),
         _row("orders placed/s kept up with (any p99)", [_placed(kept[n]) for n in COUNTS]),
+        _row("orders placed/s at most, any step (kept up or not)",
+             [_most(placed[n].steps) for n in COUNTS]),
         _row("  there: CPU of the orders processes, cores",
              [(c.service, f"{c.service:.2f}") for c in orders_cpu]),
         _row("  there: their CPU per placement, ms",

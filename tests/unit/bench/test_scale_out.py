@@ -75,6 +75,9 @@ def test_the_table_sets_each_figure_beside_its_ratio_and_says_none_when_nothing_
         ledger.partitions = [6] if n == 1 else [3, 3]
     rows = {line.split(" | ")[0].strip("| "): line for line in table({1: one, 2: two}, ledgers)}
     assert rows["orders placed/s kept up with (any p99)"].endswith("| 100 (p99 20 ms) | none | - |")
+    assert rows["orders placed/s at most, any step (kept up or not)"].endswith(
+        "| 100 | 60 | 0.60 |"
+    )
     assert rows["there: their CPU per placement, ms"].endswith("| 4.00 | - | - |")
     assert rows["orders relay, outbox events/s"].endswith("| 4,000 | 5,000 | 1.25 |")
     assert rows["settlement catch-up, events/s"].endswith("| 3,000 | 6,000 | 2.00 |")
