@@ -32,8 +32,9 @@ shared (every member holding partitions).
   count holds every event.  Rounds 1, 2, 2, 1 processes; each count's fastest.
 
 Placement steps alternate between the configurations at each rate (both are
-up at once), and each relay drains twice, so a neighbour's burst on a shared
-machine falls on both about alike.
+up at once; the other one first at the next rate), and each relay drains
+twice (1, 2, 2, 1), so a neighbour's burst on a shared machine falls on both
+about alike.
 
 Beside each figure: the CPU the service's processes used (1.00 = one core),
 how busy the whole machine was, and what the service's database connections
@@ -83,11 +84,10 @@ COUNTS = (1, 2)
 PLACEMENT = msgspec.json.encode({"lines": [{"offering_id": placing.OFFERING_ID, "quantity": 1}]})
 GROUP_TIMEOUT = 90.0  # a join waits for the others' next poll; a shared broker is slow
 DRAIN_TIMEOUT = 600.0
-# Each configuration's relay drains this many times, turn about; the best is reported
-# (others' work on the machine only ever slows a drain down).
-RELAY_ROUNDS = 2
-# Settlement's rounds, one after another (ABBA, so a drift in the machine's load
-# falls on both about alike); each count's fastest is reported.
+# Rounds one after another, ABBA, so neither count always goes first and a drift
+# in the machine's load falls on both about alike; each count's best is reported
+# (others' work on the machine only ever slows a round down).
+RELAY_ORDER = (1, 2, 2, 1)
 SETTLEMENT_ORDER = (1, 2, 2, 1)
 THIS_PROCESS = "load generator and partners"  # how bench.pipeline.cpu_seconds names it
 
@@ -264,17 +264,17 @@ class Placing:
 async def sweep_placement(placings: list[Placing], watch: DatabaseWatch, args: Args) -> None:
     """Rising offered rates, each configuration in turn at each rate.
 
-    Turn by turn, so a neighbour's burst on the shared machine falls on both
-    about alike.  A configuration stops after two steps in a row it did not
+    Turn by turn, the other one first at the next rate, so a neighbour's burst
+    on the shared machine falls on both about alike.  A configuration stops after two steps in a row it did not
     keep up with (one can be someone else's noise).
     """
     for placing_ in placings:  # warm-up: every process's connections, caches, plans
         await placing.offered_load(args.rates[0], 2.0, placing_.fire)
-    for rate in args.rates:
+    for turn, rate in enumerate(args.rates):
         going = [p for p in placings if p.behind < 2]
         if not going:
             return
-        for one in going:
+        for one in going if turn % 2 == 0 else reversed(going):
             one.meter.start()
             watch.take()
             step = await placing.offered_load(rate, args.seconds, one.fire)
@@ -380,16 +380,15 @@ async def _measure_orders(
         watching.cancel()
         await asyncio.gather(watching, return_exceptions=True)
         await admin.close()
-    for _ in range(RELAY_ROUNDS):
-        for n in COUNTS:
-            per_s, leaders = await relay_drain(dsns[n], args.outbox)
-            print(
-                f"  {n} orders: relay published {args.outbox:,} outbox rows at {per_s:,.0f}"
-                f" events/s; relays leading: {leaders}",
-                flush=True,
-            )
-            results[n].relay_per_s = max(results[n].relay_per_s, per_s)
-            results[n].relay_leaders = max(results[n].relay_leaders, leaders)
+    for n in RELAY_ORDER:
+        per_s, leaders = await relay_drain(dsns[n], args.outbox)
+        print(
+            f"  {n} orders: relay published {args.outbox:,} outbox rows at {per_s:,.0f}"
+            f" events/s; relays leading: {leaders}",
+            flush=True,
+        )
+        results[n].relay_per_s = max(results[n].relay_per_s, per_s)
+        results[n].relay_leaders = max(results[n].relay_leaders, leaders)
     return results
 
 
