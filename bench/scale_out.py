@@ -265,8 +265,9 @@ async def sweep_placement(placings: list[Placing], watch: DatabaseWatch, args: A
     """Rising offered rates, each configuration in turn at each rate.
 
     Turn by turn, the other one first at the next rate, so a neighbour's burst
-    on the shared machine falls on both about alike.  A configuration stops after two steps in a row it did not
-    keep up with (one can be someone else's noise).
+    on the shared machine falls on both about alike.  A configuration stops
+    after two steps in a row it did not keep up with (one can be someone
+    else's noise).
     """
     for placing_ in placings:  # warm-up: every process's connections, caches, plans
         await placing.offered_load(args.rates[0], 2.0, placing_.fire)
