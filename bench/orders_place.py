@@ -50,6 +50,7 @@ from deploy.local import infra
 from services.orders import handlers
 from services.orders.__main__ import EXTRA_MIGRATIONS, MIGRATIONS
 from services.orders.domain import RequestedLine
+from shared import runtime
 from shared.contracts.catalog_accounts import PartnerKind
 from shared.contracts.catalog_offerings import ComponentState, OfferingPublished, OfferingState
 from shared.contracts.pricing import OneTimePricing, Pricing, SubscriptionPricing
@@ -432,7 +433,7 @@ def main() -> None:
         try:
             service_profile = state / "orders.prof" if args.profile_service else None
             with running_stack(state, args.kafka, args.postgres_dsn, service_profile) as stack:
-                asyncio.run(measure(args, stack))
+                runtime.run(measure(args, stack))
             if service_profile is not None:
                 print("\nthe orders service under the whole load, by own time:")
                 stats = pstats.Stats(str(service_profile))

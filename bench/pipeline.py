@@ -63,6 +63,7 @@ from bench.pipeline_load import (
 from bench.plumbing import servers
 from deploy.demo.client import Marketplace
 from deploy.local import infra
+from shared import runtime
 from shared.contracts import fulfillments, orders
 from shared.tokens import generate_keypair
 
@@ -333,7 +334,7 @@ def main() -> None:
                 infrastructure(args.kafka, args.postgres_dsn) as (kafka, admin_dsn),
                 running_stack(state, kafka, admin_dsn) as stack,
             ):
-                run = asyncio.run(run_steps(args, stack, state))
+                run = runtime.run(run_steps(args, stack, state))
         finally:
             infra.remove_state(state)
     (args.out / "pipeline.md").write_text(report.markdown(run))

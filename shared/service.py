@@ -31,7 +31,7 @@ from shared.http.server import Timeouts
 from shared.migrations import PLUMBING_MIGRATIONS, migrate
 from shared.outbox import OutboxRelay
 from shared.retry import RetryPolicy
-from shared.runtime import BackgroundLoop, BackgroundLoopDied, periodic, serve
+from shared.runtime import BackgroundLoop, BackgroundLoopDied, periodic, run, serve
 from shared.settings import Secret, load_settings, read_key_file
 from shared.tokens import TokenVerifier
 
@@ -219,7 +219,7 @@ def main(
     """Entry point of ``python -m services.<name>``; exits 1 when a background loop died."""
     settings = load_settings(settings_type, name)
     try:
-        asyncio.run(
+        run(
             run_service(
                 name=name,
                 settings=settings,
