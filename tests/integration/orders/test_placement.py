@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -213,3 +214,25 @@ async def test_usage_is_counted_once_and_only_for_what_is_the_partners(
     assert {why: r.status for why, r in refused.items()} == dict.fromkeys(refused, 422)
     assert refused["in the future"].fields == ["occurred_at"]
     assert refused["another's part"].fields == ["component_partner_id"]
+
+
+async def test_a_token_verified_before_is_refused_once_rotated(
+    catalog: Catalog, orders: Orders
+) -> None:
+    """Orders remembers verified tokens; a rotation still refuses the old one."""
+    offering = await publish_joint_offering(catalog, orders)
+    customer = await catalog.sign_up_customer()
+    line = [{"offering_id": offering.id, "quantity": 1}]
+    for _ in range(2):  # the second is answered from the verified-token cache
+        (await orders.place(customer, line)).expect(201)
+    rotated = await catalog.call(
+        "POST", f"/v1/customers/{customer.id}/rotate-token", token=customer.token
+    )
+    renewed = dataclasses.replace(customer, token=rotated.expect(200)["token"])
+
+    async def refused() -> bool:
+        return (await orders.place(customer, line)).status == 401
+
+    await wait_for(refused, timeout=20, message="orders kept accepting the superseded token")
+    (await orders.place(renewed, line)).expect(201)
+    assert (await orders.place(customer, line)).status == 401
