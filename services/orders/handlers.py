@@ -21,7 +21,7 @@ from services.orders.domain import (
     RequestedLine,
     Transition,
 )
-from shared import outbox, timers
+from shared import outbox
 from shared.contracts import catalog_agreements, catalog_offerings
 from shared.contracts import fulfillments as fulfillment_events
 from shared.contracts import orders as order_events
@@ -73,13 +73,12 @@ async def place_order(
         acceptance_window=acceptance_window,
         new_id=new_id,
     )
-    await store.insert_order(conn, transition.order)
-    await _record_events(conn, transition)
-    await timers.schedule(
+    # The order, its events and its acceptance deadline commit together.
+    await store.insert_order(
         conn,
-        kind=ACCEPTANCE_DEADLINE,
-        key=transition.order.order_id,
-        due_at=transition.order.accept_by,
+        transition.order,
+        outbox.batch(_outbox_entries(transition), producer=PRODUCER),
+        deadline_kind=ACCEPTANCE_DEADLINE,
     )
     return transition.order
 
@@ -185,18 +184,18 @@ async def _apply(conn: Connection, before: Order, command: Command, now: datetim
 
 
 async def _record_events(conn: Connection, transition: Transition) -> None:
+    await outbox.append_all(conn, _outbox_entries(transition), producer=PRODUCER)
+
+
+def _outbox_entries(transition: Transition) -> list[outbox.Entry]:
     order_id = transition.order.order_id
-    await outbox.append_all(
-        conn,
-        [
-            *(
-                outbox.Entry(order_events.TOPIC, e.event, order_id, e.sequence)
-                for e in transition.order_events
-            ),
-            *(
-                outbox.Entry(fulfillment_events.TOPIC, e, e.fulfillment.partner_id)
-                for e in transition.fulfillment_events
-            ),
-        ],
-        producer=PRODUCER,
-    )
+    return [
+        *(
+            outbox.Entry(order_events.TOPIC, e.event, order_id, e.sequence)
+            for e in transition.order_events
+        ),
+        *(
+            outbox.Entry(fulfillment_events.TOPIC, e, e.fulfillment.partner_id)
+            for e in transition.fulfillment_events
+        ),
+    ]

@@ -17,6 +17,7 @@ from services.orders.domain import (
     OrderedComponent,
     UsageCharge,
 )
+from shared import outbox, timers
 from shared.contracts.catalog_agreements import AgreementState
 from shared.contracts.catalog_offerings import ComponentState, OfferingState
 from shared.contracts.fulfillments import FulfillmentStatus
@@ -97,8 +98,14 @@ async def orderable_terms(
     return offerings, agreements
 
 
-async def insert_order(conn: Connection, order: Order) -> None:
-    """The order, its lines and its fulfilments, in one statement (one round trip)."""
+async def insert_order(
+    conn: Connection, order: Order, events: outbox.Batch, *, deadline_kind: str
+) -> None:
+    """A new order: its row, lines, fulfilments, events and acceptance timer, in one statement.
+
+    One round trip instead of four: each statement is a round trip to
+    PostgreSQL, and placing orders spent about half its time waiting on them.
+    """
     lines, fulfillments = order.lines, order.fulfillments
     await conn.execute(
         "WITH placed AS (INSERT INTO orders (id, customer_id, status, currency, total,"
@@ -110,11 +117,12 @@ async def insert_order(conn: Connection, order: Order) -> None:
         " l.offering_version, l.owner_id, l.quantity, l.amount, l.components::jsonb"
         " FROM unnest($10::text[], $11::text[], $12::int[], $13::text[], $14::int[],"
         " $15::bigint[], $16::text[]) WITH ORDINALITY AS l(id, offering_id, offering_version,"
-        " owner_id, quantity, amount, components, position))"
-        " INSERT INTO fulfillments (id, order_id, partner_id, role, status, changed_at)"
-        " SELECT f.id, (SELECT id FROM placed), f.partner_id, f.role, f.status, $8"
+        " owner_id, quantity, amount, components, position)),"
+        " requested AS (INSERT INTO fulfillments (id, order_id, partner_id, role, status,"
+        " changed_at) SELECT f.id, (SELECT id FROM placed), f.partner_id, f.role, f.status, $8"
         " FROM unnest($17::text[], $18::text[], $19::text[], $20::text[])"
-        " AS f(id, partner_id, role, status)",
+        " AS f(id, partner_id, role, status)),"
+        f" events AS ({events.insert(21)}) {timers.schedule_statement(27)}",
         order.order_id,
         order.customer_id,
         order.status,
@@ -135,6 +143,10 @@ async def insert_order(conn: Connection, order: Order) -> None:
         [f.partner_id for f in fulfillments],
         [f.role for f in fulfillments],
         [f.status for f in fulfillments],
+        *events.columns,
+        deadline_kind,
+        order.order_id,
+        order.accept_by,
     )
 
 
