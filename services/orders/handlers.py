@@ -77,7 +77,7 @@ async def place_order(
     await store.insert_order(
         conn,
         transition.order,
-        outbox.batch(_outbox_entries(transition), producer=PRODUCER),
+        _outbox_batch(transition),
         deadline_kind=ACCEPTANCE_DEADLINE,
     )
     return transition.order
@@ -87,10 +87,10 @@ async def answer_fulfillment(
     conn: Connection, partner_id: str, fulfillment_id: str, command: Command, now: datetime
 ) -> Order:
     """A partner accepts, rejects or completes its fulfilment of an order."""
-    found = await store.fulfillment_owner(conn, fulfillment_id)
-    if found is None or found[1] != partner_id:
+    found = await store.lock_order_of_fulfillment(conn, fulfillment_id, partner_id)
+    if found is None:
         raise NotFound(f"fulfillment {fulfillment_id}")
-    return await _change(conn, found[0], command, now)
+    return await _apply(conn, found, command, now)
 
 
 async def cancel_order(conn: Connection, customer_id: str, order_id: str, now: datetime) -> Order:
@@ -141,8 +141,7 @@ async def report_usage(conn: Connection, order_id: str, report: ReportUsage, now
         # another lock) won the insert; this one must leave no charge behind.
         await _usage_known(conn, report, order_id)
         return
-    await store.save_changes(conn, found, transition.order)
-    await _record_events(conn, transition)
+    await store.save_changes(conn, found, transition.order, _outbox_batch(transition))
 
 
 async def _usage_known(conn: Connection, report: ReportUsage, order_id: str) -> bool:
@@ -178,13 +177,13 @@ async def _change(conn: Connection, order_id: str, command: Command, now: dateti
 
 async def _apply(conn: Connection, before: Order, command: Command, now: datetime) -> Order:
     transition = domain.decide(before, command, now)
-    await store.save_changes(conn, before, transition.order)
-    await _record_events(conn, transition)
+    await store.save_changes(conn, before, transition.order, _outbox_batch(transition))
     return transition.order
 
 
-async def _record_events(conn: Connection, transition: Transition) -> None:
-    await outbox.append_all(conn, _outbox_entries(transition), producer=PRODUCER)
+def _outbox_batch(transition: Transition) -> outbox.Batch:
+    """The transition's events, to write in the statement that stores it."""
+    return outbox.batch(_outbox_entries(transition), producer=PRODUCER)
 
 
 def _outbox_entries(transition: Transition) -> list[outbox.Entry]:
