@@ -50,7 +50,7 @@ from deploy.local import infra
 from services.orders import handlers
 from services.orders.__main__ import EXTRA_MIGRATIONS, MIGRATIONS
 from services.orders.domain import RequestedLine
-from shared import runtime
+from shared import db, runtime
 from shared.contracts.catalog_accounts import PartnerKind
 from shared.contracts.catalog_offerings import ComponentState, OfferingPublished, OfferingState
 from shared.contracts.pricing import OneTimePricing, Pricing, SubscriptionPricing
@@ -387,7 +387,8 @@ async def measure(args: argparse.Namespace, stack: Stack) -> None:
         results["bare aiohttp"] = await sweep(
             "bare aiohttp", rates, args.seconds, http_post(session, bare_url, body)
         )
-        pool = await asyncpg.create_pool(stack.bare_dsn, min_size=POOL_SIZE, max_size=POOL_SIZE)
+        # The services' own pool settings, so both sides pay the same per connection use.
+        pool = await db.create_pool(stack.bare_dsn, min_size=POOL_SIZE, max_size=POOL_SIZE)
         try:
             results["bare asyncpg tx"] = await sweep(
                 "bare asyncpg tx", rates, args.seconds, bare_transaction(pool)

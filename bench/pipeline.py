@@ -63,7 +63,7 @@ from bench.pipeline_load import (
 from bench.plumbing import servers
 from deploy.demo.client import Marketplace
 from deploy.local import infra
-from shared import runtime
+from shared import db, runtime
 from shared.contracts import fulfillments, orders
 from shared.tokens import generate_keypair
 
@@ -306,7 +306,7 @@ async def _measure_limits(
     run.bare_http = await limits.at_offered_loads(
         "bare aiohttp", rates, seconds, http_post(session, stack.bare_url, b'{"lines": []}')
     )
-    pool = await asyncpg.create_pool(stack.dsns["bare"], min_size=POOL_SIZE, max_size=POOL_SIZE)
+    pool = await db.create_pool(stack.dsns["bare"], min_size=POOL_SIZE, max_size=POOL_SIZE)
     try:
         run.bare_tx = await limits.at_offered_loads(
             "bare asyncpg tx", rates, seconds, bare_transaction(pool)

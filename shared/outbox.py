@@ -39,7 +39,6 @@ partial index of unsent rows costs the database next to nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from shared import logs
 from shared.contracts.envelope import Envelope, Event, Topic, encode_envelope, new_envelope
-from shared.db import TRANSIENT_DB_ERRORS, Connection, Pool
+from shared.db import TRANSIENT_DB_ERRORS, Connection, Pool, release_undone
 from shared.metrics import OUTBOX_OLDEST_UNSENT_AGE, OUTBOX_PUBLISHED, OUTBOX_UNSENT
 from shared.runtime import PollingLoop
 
@@ -300,10 +299,9 @@ class OutboxRelay:
         if conn is None:
             return
         # Gone with the server, the connection took the lock with it: nothing to undo.
-        with contextlib.suppress(Exception):
-            await conn.execute("SELECT pg_advisory_unlock($1)", _RELAY_LOCK_KEY)
-        with contextlib.suppress(Exception):
-            await self._pool.release(conn)
+        await release_undone(
+            self._pool, conn, lambda: conn.execute("SELECT pg_advisory_unlock($1)", _RELAY_LOCK_KEY)
+        )
 
     async def _export_backlog(self) -> None:
         """Every replica exports the backlog it sees, at most every few seconds."""

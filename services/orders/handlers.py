@@ -73,7 +73,8 @@ async def place_order(
         acceptance_window=acceptance_window,
         new_id=new_id,
     )
-    # The order, its events and its acceptance deadline commit together.
+    # The order, its events and its acceptance deadline in one statement: they
+    # commit together even when the caller opened no transaction.
     await store.insert_order(
         conn,
         transition.order,
