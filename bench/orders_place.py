@@ -276,14 +276,14 @@ async def profile_placement(dsn: str, count: int = 400) -> str:
 
     async def place_many() -> None:
         for _ in range(count):
-            async with conn.transaction():
-                await handlers.place_order(
-                    conn,
-                    customer_id="cus_profile",
-                    lines=lines,
-                    now=datetime.now(UTC),
-                    acceptance_window=timedelta(hours=48),
-                )
+            # As the service runs it without an Idempotency-Key: no transaction of its own.
+            await handlers.place_order(
+                conn,
+                customer_id="cus_profile",
+                lines=lines,
+                now=datetime.now(UTC),
+                acceptance_window=timedelta(hours=48),
+            )
 
     try:
         profiler = cProfile.Profile()
@@ -341,6 +341,8 @@ def running_stack(
         MARKETPLACE_TOKEN_PUBLIC_KEY_FILE=str(state / "public.pem"),
         MARKETPLACE_LOG_LEVEL="WARNING",
         MARKETPLACE_DB_POOL_SIZE=str(POOL_SIZE),
+        # Every connection open from the start, as the bare transaction's pool has them.
+        MARKETPLACE_DB_POOL_MIN_SIZE=str(POOL_SIZE),
     )
     log = (state / "orders.log").open("wb")
     # cProfile writes its statistics when the service returns after SIGTERM.

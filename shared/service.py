@@ -52,6 +52,9 @@ class ServiceSettings(msgspec.Struct, kw_only=True):
     log_level: str = "INFO"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     db_pool_size: int = 10
+    # Opened at start and kept; the rest are opened when load needs them, and a
+    # request that waits for one pays a connect (and first statements) in its latency.
+    db_pool_min_size: int = 2
     shutdown_timeout_seconds: float = 20.0
     startup_timeout_seconds: float = 60.0
     # Sent outbox rows are kept this long (see ``shared.retention``).
@@ -140,7 +143,13 @@ async def run_service(
     pools: list[db.Pool] = []
 
     async def connect() -> None:
-        pools.append(await db.create_pool(settings.database_url, max_size=settings.db_pool_size))
+        pools.append(
+            await db.create_pool(
+                settings.database_url,
+                min_size=min(settings.db_pool_min_size, settings.db_pool_size),
+                max_size=settings.db_pool_size,
+            )
+        )
 
     await _retry_until("PostgreSQL", settings.startup_timeout_seconds, connect)
     pool = pools[0]
