@@ -12,7 +12,6 @@ shares the machine's cores with the server, so absolute numbers are a floor.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import random
 import secrets
@@ -33,6 +32,7 @@ from bench.processes import wait_ready
 from deploy.local import infra
 from services.catalog import handlers
 from services.catalog.domain import ComponentDraft, OfferingContent, Partner
+from shared import runtime
 from shared.contracts.catalog_accounts import PartnerKind
 from shared.contracts.pricing import OneTimePricing, SubscriptionPricing, UsagePricing
 from shared.tokens import Principal, TokenIssuer, generate_keypair
@@ -190,7 +190,7 @@ def main() -> None:
         state = Path(folder)
         try:
             with running_stack(state) as stack:
-                asyncio.run(measure(args, stack))
+                runtime.run(measure(args, stack))
         finally:
             infra.remove_state(state)
 

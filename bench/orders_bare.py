@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 from aiohttp import web
+
+from bench.bare_server import run_bare
 
 
 async def answer(request: web.Request) -> web.Response:
@@ -15,7 +15,7 @@ async def answer(request: web.Request) -> web.Response:
 def main() -> None:
     app = web.Application()
     app.router.add_post("/bare", answer)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+    run_bare(app)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ from bench.plumbing import servers
 from bench.processes import fleet, service_env, signing_keys
 from deploy.demo.client import Marketplace
 from deploy.local import infra
+from shared import db, runtime
 from shared.contracts import fulfillments, orders
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,7 +262,7 @@ async def _measure_limits(
     run.bare_http = await limits.at_offered_loads(
         "bare aiohttp", rates, seconds, http_post(session, stack.bare_url, b'{"lines": []}')
     )
-    pool = await asyncpg.create_pool(stack.dsns["bare"], min_size=POOL_SIZE, max_size=POOL_SIZE)
+    pool = await db.create_pool(stack.dsns["bare"], min_size=POOL_SIZE, max_size=POOL_SIZE)
     try:
         run.bare_tx = await limits.at_offered_loads(
             "bare asyncpg tx", rates, seconds, bare_transaction(pool)
@@ -289,7 +290,7 @@ def main() -> None:
                 infrastructure(args.kafka, args.postgres_dsn) as (kafka, admin_dsn),
                 running_stack(state, kafka, admin_dsn) as stack,
             ):
-                run = asyncio.run(run_steps(args, stack, state))
+                run = runtime.run(run_steps(args, stack, state))
         finally:
             infra.remove_state(state)
     (args.out / "pipeline.md").write_text(report.markdown(run))

@@ -47,7 +47,7 @@ from services.settlement.__main__ import MIGRATIONS
 from services.settlement.consumers import OrderEventBooker, order_consumer
 from services.settlement.domain import JournalEntry, OrderBook, book_charge, release
 from services.settlement.handlers import OrderEvent, _component
-from shared import kafka
+from shared import kafka, runtime
 from shared.contracts import orders
 from shared.contracts.envelope import Topic, encode_envelope, new_envelope
 from shared.contracts.orders import (
@@ -365,7 +365,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     with provided_infra() as where:
-        asyncio.run(measure(args, where))
+        runtime.run(measure(args, where))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -33,6 +34,37 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+async def _keep_session(_conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Return a connection to the pool without asyncpg's reset query.
+
+    asyncpg's default sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL`` on every release: one more round trip per request, about a
+    fifth of an order placement's.  Our code leaves no session state on a
+    pooled connection: whoever takes a session advisory lock (the relay,
+    migrations) or LISTENs (``shared.listening``) undoes it before releasing
+    (``release_undone``), and we use no SET or cursors outside a transaction.
+    An open transaction is still rolled back by asyncpg before this runs.
+    """
+
+
+async def release_undone(
+    pool: Pool,
+    conn: PoolConnectionProxy[asyncpg.Record],
+    undo: Callable[[], Awaitable[object]],
+) -> None:
+    """Undo a connection's session state (a lock, a LISTEN), then give it back to the pool.
+
+    If undoing fails, the connection is closed instead: ending the session is
+    what surely ends its lock or LISTEN, and the pool resets nothing itself.
+    """
+    try:
+        await undo()
+    except Exception:
+        conn.terminate()
+    with contextlib.suppress(Exception):  # the connection may be gone with the server
+        await pool.release(conn)
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> Pool:
     pool = await asyncpg.create_pool(
         dsn,
@@ -41,6 +73,7 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> Poo
         # A connection that died with the server is replaced, not handed out.
         max_inactive_connection_lifetime=60,
         command_timeout=30,
+        reset=_keep_session,
     )
     assert pool is not None
     return pool

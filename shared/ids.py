@@ -11,17 +11,14 @@ import secrets
 import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
-
-
-def _encode(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        value, digit = divmod(value, 32)
-        chars.append(_ALPHABET[digit])
-    return "".join(reversed(chars))
+# Two digits at a time: a placement makes nine ids, and digit by digit they cost
+# about a tenth of its CPU.
+_PAIRS = [high + low for high in _ALPHABET for low in _ALPHABET]
+_PAIR_SHIFTS = range(120, -1, -10)  # 26 digits = 130 bits = 13 pairs, most significant first
+_TIME_MASK = (1 << 50) - 1  # the 10 time digits hold 50 bits
 
 
 def new_id(prefix: str) -> str:
     millis = time.time_ns() // 1_000_000
-    entropy = secrets.randbits(80)
-    return f"{prefix}_{_encode(millis, 10)}{_encode(entropy, 16)}"
+    value = (millis & _TIME_MASK) << 80 | secrets.randbits(80)
+    return f"{prefix}_{''.join([_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])}"

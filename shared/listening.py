@@ -11,11 +11,10 @@ so a dead one is noticed even when no notification is due.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
-from shared.db import Pool
+from shared.db import Pool, release_undone
 from shared.retry import RetryPolicy
 from shared.runtime import sleep_or_stop
 
@@ -76,6 +75,6 @@ class Listener:
                 await conn.fetchval("SELECT 1")  # notices a dead connection promptly
         finally:
             self.listening.clear()
-            with contextlib.suppress(Exception):  # the connection may be gone with the server
-                await conn.remove_listener(self.channel, self._deliver)
-            await self._pool.release(conn)
+            await release_undone(
+                self._pool, conn, lambda: conn.remove_listener(self.channel, self._deliver)
+            )

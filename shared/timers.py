@@ -52,14 +52,22 @@ _ERROR_TEXT_LIMIT = 2000
 
 async def schedule(conn: Connection, *, kind: str, key: str, due_at: datetime) -> None:
     """Fire ``kind`` for ``key`` at ``due_at``; replaces an earlier schedule of the same pair."""
-    await conn.execute(
-        "INSERT INTO timers (kind, key, due_at, next_attempt_at) VALUES ($1, $2, $3, $3)"
+    await conn.execute(schedule_statement(1), kind, key, due_at)
+
+
+def schedule_statement(first: int) -> str:
+    """``schedule`` as SQL taking (kind, key, due_at) as ``$first`` to ``$first+2``.
+
+    For a use case that writes its state in one statement: it adds this as one
+    more data-modifying ``WITH`` part, and the deadline commits with the decision.
+    """
+    kind, key, due_at = (f"${first + i}" for i in range(3))
+    return (
+        f"INSERT INTO timers (kind, key, due_at, next_attempt_at)"
+        f" VALUES ({kind}, {key}, {due_at}, {due_at})"
         " ON CONFLICT (kind, key) DO UPDATE SET due_at = EXCLUDED.due_at,"
         " next_attempt_at = EXCLUDED.due_at, attempts = 0, last_error = NULL,"
-        " parked_at = NULL, scheduled_at = now()",
-        kind,
-        key,
-        due_at,
+        " parked_at = NULL, scheduled_at = now()"
     )
 
 

@@ -77,13 +77,13 @@ async def place_order(
         acceptance_window=acceptance_window,
         new_id=new_id,
     )
-    await store.insert_order(conn, transition.order)
-    await _record_events(conn, transition)
-    await timers.schedule(
+    # The order, its events and its acceptance deadline in one statement: they
+    # commit together even when the caller opened no transaction.
+    await store.insert_order(
         conn,
-        kind=ACCEPTANCE_DEADLINE,
-        key=transition.order.order_id,
-        due_at=transition.order.accept_by,
+        transition.order,
+        _outbox_batch(transition),
+        deadline_kind=ACCEPTANCE_DEADLINE,
     )
     return transition.order
 
@@ -92,10 +92,10 @@ async def answer_fulfillment(
     conn: Connection, partner_id: str, fulfillment_id: str, command: Command, now: datetime
 ) -> Order:
     """A partner accepts, rejects or completes its fulfilment of an order."""
-    found = await store.fulfillment_owner(conn, fulfillment_id)
-    if found is None or found[1] != partner_id:
+    found = await store.lock_order_of_fulfillment(conn, fulfillment_id, partner_id)
+    if found is None:
         raise NotFound(f"fulfillment {fulfillment_id}")
-    return await _change(conn, found[0], command, now)
+    return await _apply(conn, found, command, now)
 
 
 async def cancel_order(conn: Connection, customer_id: str, order_id: str, now: datetime) -> Order:
@@ -155,8 +155,7 @@ async def report_usage(conn: Connection, order_id: str, report: ReportUsage, now
         # another lock) won the insert; this one must leave no charge behind.
         await _usage_known(conn, report, order_id)
         return
-    await store.save_changes(conn, found, transition.order)
-    await _record_events(conn, transition)
+    await store.save_changes(conn, found, transition.order, _outbox_batch(transition))
 
 
 async def _usage_known(conn: Connection, report: ReportUsage, order_id: str) -> bool:
@@ -257,24 +256,24 @@ async def _change(conn: Connection, order_id: str, command: Command, now: dateti
 
 async def _apply(conn: Connection, before: Order, command: Command, now: datetime) -> Order:
     transition = domain.decide(before, command, now)
-    await store.save_changes(conn, before, transition.order)
-    await _record_events(conn, transition)
+    await store.save_changes(conn, before, transition.order, _outbox_batch(transition))
     return transition.order
 
 
-async def _record_events(conn: Connection, transition: Transition) -> None:
+def _outbox_batch(transition: Transition) -> outbox.Batch:
+    """The transition's events, to write in the statement that stores it."""
+    return outbox.batch(_outbox_entries(transition), producer=PRODUCER)
+
+
+def _outbox_entries(transition: Transition) -> list[outbox.Entry]:
     order_id = transition.order.order_id
-    await outbox.append_all(
-        conn,
-        [
-            *(
-                outbox.Entry(order_events.TOPIC, e.event, order_id, e.sequence)
-                for e in transition.order_events
-            ),
-            *(
-                outbox.Entry(fulfillment_events.TOPIC, e, e.fulfillment.partner_id)
-                for e in transition.fulfillment_events
-            ),
-        ],
-        producer=PRODUCER,
-    )
+    return [
+        *(
+            outbox.Entry(order_events.TOPIC, e.event, order_id, e.sequence)
+            for e in transition.order_events
+        ),
+        *(
+            outbox.Entry(fulfillment_events.TOPIC, e, e.fulfillment.partner_id)
+            for e in transition.fulfillment_events
+        ),
+    ]

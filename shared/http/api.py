@@ -134,7 +134,11 @@ class Call(Generic[B, Q]):
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
-        """A connection for reads that need no transaction of their own."""
+        """A connection without a transaction of its own (under an Idempotency-Key, the key's).
+
+        For reads, and for a unit of work that writes in one statement, which
+        commits whole by itself: BEGIN and COMMIT would only add round trips.
+        """
         if self._bound_connection is not None:
             yield self._bound_connection
             return

@@ -178,20 +178,19 @@ async def run_once(
     stored_key = secret.digest(subject, key)
     try:
         async with pool.acquire() as conn, conn.transaction():
-            # Keys older than the retention window are forgotten, as if swept.
-            await conn.execute(
-                "DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2"
-                " AND created_at < now() - make_interval(hours => $3)",
-                subject,
-                stored_key,
-                RETENTION_HOURS,
-            )
+            # A key older than the retention window is forgotten, as if swept: it is
+            # claimed anew, in the same statement (one round trip) as a new key is.  A
+            # key a concurrent request holds makes this wait for that one's outcome.
             claimed = await conn.fetchval(
                 "INSERT INTO idempotency_keys (principal, key, fingerprint) VALUES ($1, $2, $3)"
-                " ON CONFLICT DO NOTHING RETURNING true",
+                " ON CONFLICT (principal, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,"
+                " status = NULL, content_type = NULL, body = NULL, created_at = now()"
+                " WHERE idempotency_keys.created_at < now() - make_interval(hours => $4)"
+                " RETURNING true",
                 subject,
                 stored_key,
                 fingerprint,
+                RETENTION_HOURS,
             )
             if claimed:
                 response = await respond(conn)

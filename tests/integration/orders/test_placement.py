@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from services.orders.handlers import ACCEPTANCE_DEADLINE
+from shared.contracts import fulfillments as f_events
 from shared.contracts import orders as o_events
 from tests.integration.catalog.conftest import Catalog
 from tests.integration.orders.conftest import JointOffering, Orders, publish_joint_offering
@@ -213,3 +216,72 @@ async def test_usage_is_counted_once_and_only_for_what_is_the_partners(
     assert {why: r.status for why, r in refused.items()} == dict.fromkeys(refused, 422)
     assert refused["in the future"].fields == ["occurred_at"]
     assert refused["another's part"].fields == ["component_partner_id"]
+
+
+async def test_a_token_verified_before_is_refused_once_rotated(
+    catalog: Catalog, orders: Orders
+) -> None:
+    """Orders remembers verified tokens; a rotation still refuses the old one."""
+    offering = await publish_joint_offering(catalog, orders)
+    customer = await catalog.sign_up_customer()
+    line = [{"offering_id": offering.id, "quantity": 1}]
+    for _ in range(2):  # the second is answered from the verified-token cache
+        (await orders.place(customer, line)).expect(201)
+    rotated = await catalog.call(
+        "POST", f"/v1/customers/{customer.id}/rotate-token", token=customer.token
+    )
+    renewed = dataclasses.replace(customer, token=rotated.expect(200)["token"])
+
+    async def refused() -> bool:
+        return (await orders.place(customer, line)).status == 401
+
+    await wait_for(refused, timeout=20, message="orders kept accepting the superseded token")
+    (await orders.place(renewed, line)).expect(201)
+    assert (await orders.place(customer, line)).status == 401
+
+
+async def test_a_placement_writes_its_rows_events_and_deadline_together(
+    catalog: Catalog, orders: Orders
+) -> None:
+    offering = await publish_joint_offering(catalog, orders)
+    customer = await catalog.sign_up_customer()
+    order = (await orders.place(customer, [{"offering_id": offering.id, "quantity": 2}])).expect(
+        201
+    )
+    async with orders.database() as db:
+        placed = await db.fetchrow("SELECT * FROM orders WHERE id = $1", order["id"])
+        lines = await db.fetch("SELECT * FROM order_lines WHERE order_id = $1", order["id"])
+        fulfillments = await db.fetch(
+            "SELECT * FROM fulfillments WHERE order_id = $1 ORDER BY partner_id", order["id"]
+        )
+        events = await db.fetch(
+            # The partners are this test's own: every event keyed by them is this order's.
+            "SELECT topic, key, event_type, sequence FROM outbox"
+            " WHERE key = $1 OR key = ANY($2::text[]) ORDER BY id",
+            order["id"],
+            [p.id for p in offering.partners],
+        )
+        timer = await db.fetchrow(
+            "SELECT due_at, attempts FROM timers WHERE kind = $1 AND key = $2",
+            ACCEPTANCE_DEADLINE,
+            order["id"],
+        )
+    assert placed is not None
+    assert (placed["status"], placed["sequence"], placed["total"]) == ("pending", 1, 16_000)
+    assert [(line["position"], line["quantity"], line["amount"]) for line in lines] == [
+        (0, 2, 16_000)
+    ]
+    assert sorted((f["partner_id"], f["status"]) for f in fulfillments) == sorted(
+        (p.id, "requested") for p in offering.partners
+    )
+    # The order's event first, numbered 1; then one request per partner, keyed by partner.
+    assert [(e["topic"], e["key"], e["event_type"], e["sequence"]) for e in events] == [
+        (o_events.TOPIC.name, order["id"], o_events.OrderPlaced.EVENT_TYPE, 1),
+        *[
+            (f_events.TOPIC.name, f["partner_id"], f_events.FulfillmentRequested.EVENT_TYPE, None)
+            for f in order["fulfillments"]
+        ],
+    ]
+    assert timer is not None
+    assert timer["attempts"] == 0
+    assert timer["due_at"] == placed["accept_by"]

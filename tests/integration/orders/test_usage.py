@@ -17,6 +17,7 @@ import pytest
 
 from services.orders import domain, handlers, store
 from services.orders.domain import Accept, OfferingVersion, ReportUsage, RequestedLine
+from shared import outbox
 from shared.contracts import orders as o_events
 from shared.contracts.catalog_offerings import ComponentState
 from shared.contracts.pricing import UsagePricing
@@ -62,7 +63,12 @@ async def confirmed_order(conn: asyncpg.Connection[asyncpg.Record]) -> str:
         new_id=new_id,
     )
     confirmed = domain.decide(placed.order, Accept(ISV), NOW - timedelta(hours=1))
-    await store.insert_order(conn, confirmed.order)
+    await store.insert_order(
+        conn,
+        confirmed.order,
+        outbox.batch([], producer=handlers.PRODUCER),
+        deadline_kind=handlers.ACCEPTANCE_DEADLINE,
+    )
     return confirmed.order.order_id
 
 

@@ -20,6 +20,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from shared import db
+from shared.http import idempotency
 from shared.http.api import Api, Call
 from shared.http.app import create_app
 from shared.http.problems import PROBLEM_CONTENT_TYPE, invalid
@@ -330,6 +331,22 @@ async def test_a_reused_key_with_another_body_is_a_409_problem(widgets: Widgets)
     status, document, response = await widgets.post({"name": name, "size": 6}, token=token, key=key)
     assert_problem(status, document, response, 409)
     assert await widgets.rows_named(name) == 1
+
+
+async def test_a_key_past_its_retention_is_claimed_anew(widgets: Widgets) -> None:
+    token, key, name = widgets.token(), unique("key"), unique()
+    assert (await widgets.post({"name": name, "size": 5}, token=token, key=key))[0] == 201
+    await widgets.pool.execute(
+        "UPDATE idempotency_keys SET created_at = now() - make_interval(hours => $1)",
+        idempotency.RETENTION_HOURS + 1,
+    )
+    status, created, response = await widgets.post({"name": name, "size": 6}, token=token, key=key)
+    assert (status, created["size"]) == (201, 6)
+    assert "Idempotent-Replayed" not in response.headers
+    status, again, response = await widgets.post({"name": name, "size": 6}, token=token, key=key)
+    assert (status, again) == (201, created)
+    assert response.headers["Idempotent-Replayed"] == "true"
+    assert await widgets.rows_named(name) == 2
 
 
 async def test_concurrent_requests_with_one_key_create_one_row(widgets: Widgets) -> None:

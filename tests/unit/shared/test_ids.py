@@ -36,3 +36,18 @@ def test_ids_made_now_sort_in_order_across_milliseconds_and_are_unique() -> None
     # Within one millisecond the order is random; across milliseconds it is time order.
     milliseconds = [identifier[4:14] for identifier in made]
     assert milliseconds == sorted(milliseconds)
+
+
+def _digit_by_digit(value: int, length: int) -> str:
+    alphabet = "0123456789abcdefghjkmnpqrstvwxyz"
+    return "".join(alphabet[(value >> (5 * i)) & 31] for i in reversed(range(length)))
+
+
+@given(st.integers(0, 2**48 - 1), st.integers(0, 2**80 - 1))
+def test_an_id_is_the_time_then_the_randomness_in_base32(millis: int, entropy: int) -> None:
+    with (
+        mock.patch("shared.ids.time.time_ns", return_value=millis * 1_000_000),
+        mock.patch("shared.ids.secrets.randbits", return_value=entropy),
+    ):
+        made = new_id("ord")
+    assert made == f"ord_{_digit_by_digit(millis, 10)}{_digit_by_digit(entropy, 16)}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -156,3 +157,47 @@ def test_claims_the_catalog_never_signs_are_refused(claims: dict[str, object]) -
     token = jwt.encode(payload, key, algorithm="EdDSA")  # type: ignore[arg-type]
     with pytest.raises(InvalidToken, match="not valid"):
         verifier.verify(token)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_verified_token_is_not_checked_again_until_it_expires() -> None:
+    clock = _Clock()
+    cached = TokenVerifier(PUBLIC_PEM, Secret(OPERATOR_TOKEN), clock=clock)
+    token = issuer.issue("cus_1", "customer", 3)
+    assert cached.verify(token) == Principal("cus_1", "customer", 3)
+    checked = 0
+    original = jwt.decode
+
+    def counting(*args: object, **kwargs: object) -> object:
+        nonlocal checked
+        checked += 1
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jwt, "decode", counting)
+        assert cached.verify(token) == Principal("cus_1", "customer", 3)
+        assert checked == 0, "the signature was checked again"
+        clock.now += 3601  # past the hour the issuer gave it
+        with pytest.raises(InvalidToken, match="expired"):
+            cached.verify(token)
+    assert checked == 1
+
+
+def test_the_cache_holds_a_bounded_number_of_tokens() -> None:
+    cached = TokenVerifier(PUBLIC_PEM, Secret(OPERATOR_TOKEN), cache_size=2)
+    tokens = [issuer.issue(f"cus_{n}", "customer", 0) for n in range(3)]
+    for token in tokens:
+        cached.verify(token)
+    assert len(cached._verified) == 2
+    # The oldest went first; a refused token is never cached.
+    assert hashlib.sha256(tokens[0].encode()).digest() not in cached._verified
+    with pytest.raises(InvalidToken):
+        cached.verify(tokens[1][:-2] + "AA")
+    assert len(cached._verified) == 2
