@@ -276,8 +276,13 @@ def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[we
             principal = identify(request)
             # Counted before anything costs a query. The operator is the marketplace's
             # own tooling (payout runs, onboarding in bulk), not a tenant to keep in check.
+            # One bucket per token generation: a token rotated away (it leaked) is not
+            # known stale until the query below, and whoever still sends it must not
+            # spend the bucket of the token that replaced it.
             if principal.role != "operator":
-                request.app[PRINCIPAL_RATE_LIMITER].admit(principal.subject)
+                request.app[PRINCIPAL_RATE_LIMITER].admit(
+                    f"{principal.subject}#{principal.generation}"
+                )
             stale = await superseded(request, principal)
         key = request.headers.get(idempotency.HEADER) if endpoint.method == "POST" else None
         if stale and key is None:

@@ -12,7 +12,8 @@ here; otherwise it could take a fresh bucket per request and push everyone
 else's out.  Authenticated endpoints count by the token's subject, once its
 signature is checked, so one partner or customer flooding a service cannot
 starve the others; the limit is generous, for a client running away rather
-than a busy one.
+than a busy one.  Each token generation counts apart: a rotated-away token
+still being sent spends its own bucket, not its replacement's.
 """
 
 from __future__ import annotations

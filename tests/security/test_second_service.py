@@ -31,7 +31,7 @@ from shared.http.rate_limit import RateLimit
 from shared.migrations import PLUMBING_MIGRATIONS, migrate
 from shared.runtime import serve
 from shared.settings import Secret
-from shared.tokens import TokenVerifier
+from shared.tokens import Principal, TokenVerifier
 from tests.security.conftest import (
     HEADER_TIMEOUT,
     LogRecorder,
@@ -160,6 +160,14 @@ def _bare_api(pool_ref: list[db.Pool], seen: list[bool]) -> Api:
     return api
 
 
+# A subject whose first token was rotated away (it leaked): generation 1 is superseded.
+ROTATED = "cus_" + "r" * 26
+
+
+async def _rotated_once(principal: Principal) -> bool:
+    return principal.subject == ROTATED and principal.generation < 2
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def bare(infra: Infra, token_keys: TokenKeys) -> AsyncIterator[Bare]:
     async with temporary_database(infra, "bare") as dsn:
@@ -176,6 +184,7 @@ async def bare(infra: Infra, token_keys: TokenKeys) -> AsyncIterator[Bare]:
             "pool": pool,
             "verifier": TokenVerifier(token_keys.public_pem, Secret(token_keys.operator_token)),
             "readiness": [],
+            "revocations": _rotated_once,
         }
         options["public_rate_limit"] = RateLimit(per_minute=60, burst=3)
         options["principal_rate_limit"] = RateLimit(per_minute=60, burst=5, per="caller")
@@ -293,3 +302,23 @@ async def test_the_bare_app_limits_each_caller_and_only_that_caller(
         assert await status(modest) == 200
         # The operator is not counted: it is refused this route, never throttled.
         assert {await status(operator) for _ in range(10)} == {403}
+
+
+async def test_a_rotated_away_token_cannot_spend_the_fresh_tokens_rate_limit(
+    bare: Bare, token_keys: TokenKeys
+) -> None:
+    # Whoever holds the leaked token keeps sending it after the rotation: each answer is
+    # 401, then 429 once its bucket is empty; the rightful holder's new token is not
+    # held back by that, or rotating would hand the thief a way to lock the tenant out.
+    leaked = {"Authorization": f"Bearer {forged(token_keys, sub=ROTATED, gen=1)}"}
+    fresh = {"Authorization": f"Bearer {forged(token_keys, sub=ROTATED, gen=2)}"}
+    async with aiohttp.ClientSession() as session:
+
+        async def status(headers: dict[str, str]) -> int:
+            async with session.get(bare.base_url + "/v1/things", headers=headers) as reply:
+                return reply.status
+
+        refused = [await status(leaked) for _ in range(10)]
+        assert refused[:5] == [401] * 5, refused
+        assert set(refused) == {401, 429}, refused
+        assert await status(fresh) == 200
