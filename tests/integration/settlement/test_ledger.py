@@ -115,6 +115,32 @@ async def test_written_ledger_rows_cannot_be_changed(ledger_pool: db.Pool, state
         assert await conn.fetchval("SELECT sum(abs(amount)) FROM postings") == before
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE account_balances SET balance = balance + 1",
+        "INSERT INTO account_balances VALUES ('cash', NULL, 'EUR', 5)",
+        "DELETE FROM account_balances",
+        "TRUNCATE account_balances",
+        "UPDATE order_balances SET cash = cash - 1",
+        "DELETE FROM order_balances",
+    ],
+)
+async def test_kept_balances_move_only_with_postings(ledger_pool: db.Pool, statement: str) -> None:
+    owner, _, _, isv_part, _, _ = three_partners()
+    order = OrderScript(customer_id=new_id("cus"), owner_id=owner)
+    events = [order.placed(10_000), order.confirmed([order.charge(isv_part, 10_000, 0)])]
+    await book(ledger_pool, events)
+    async with ledger_pool.acquire() as conn:
+        refused = pytest.raises(asyncpg.InsufficientPrivilegeError, match="balances follow the")
+        with refused:
+            await conn.execute(statement)
+        kept = await conn.fetchval(
+            "SELECT balance FROM account_balances WHERE account = 'customer_receivables'"
+        )
+        assert kept == 10_000
+
+
 async def test_a_chunk_books_each_partners_share_to_the_minor_unit(ledger_pool: db.Pool) -> None:
     owner, isv, integrator, isv_part, integrator_part, own_part = three_partners()
     order = OrderScript(customer_id=new_id("cus"), owner_id=owner)
