@@ -43,7 +43,7 @@ class SplitRefused(ValueError):
     """Inputs no split can honour: negative money, a rate outside 0..10000, an over-refund."""
 
 
-class Parts(msgspec.Struct, frozen=True):
+class Parts(msgspec.Struct, frozen=True, gc=False):
     fee: int
     share: int
     margin: int
@@ -62,7 +62,7 @@ class Parts(msgspec.Struct, frozen=True):
 NO_PARTS = Parts(0, 0, 0)
 
 
-class Split(msgspec.Struct, frozen=True):
+class Split(msgspec.Struct, frozen=True, gc=False):
     """How ``gross`` was shared, with everything needed to check it by hand."""
 
     gross: int
