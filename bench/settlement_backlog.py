@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import gc
 import io
 import os
 import pstats
@@ -42,11 +41,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from prometheus_client import REGISTRY
 
 from deploy.local import infra
 from services.settlement.__main__ import MIGRATIONS
-from services.settlement.consumers import CONSUMER, OrderEventBooker, order_consumer
+from services.settlement.consumers import (
+    CONSUMER,
+    OrderEventBooker,
+    collect_garbage_for_batches,
+    order_consumer,
+)
 from services.settlement.domain import JournalEntry, OrderBook, book_charge, release
 from services.settlement.handlers import OrderEvent, _component
 from shared import kafka
@@ -64,6 +67,7 @@ from shared.contracts.orders import (
     UsageRecorded,
 )
 from shared.ids import new_id
+from shared.metrics import EVENTS_CONSUMED
 from shared.migrations import PLUMBING_MIGRATIONS, migrate
 
 FEE_BPS = 300
@@ -258,12 +262,16 @@ class CatchUp:
     postgres_cpu: float | None  # the pool's backends' CPU seconds, when PostgreSQL is local
 
 
+_APPLIED = {"consumer": CONSUMER, "outcome": "applied"}
+
+
 def _applied() -> float:
     """Events the ledger's consumer applied and committed (its own counter, no query)."""
-    value = REGISTRY.get_sample_value(
-        "events_consumed_total", {"consumer": CONSUMER, "outcome": "applied"}
-    )
-    return value or 0.0
+    for metric in EVENTS_CONSUMED.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.labels == _APPLIED:
+                return sample.value
+    return 0.0
 
 
 def _backend_cpu(pids: Sequence[int]) -> float | None:
@@ -365,7 +373,7 @@ async def measure(args: argparse.Namespace, where: Infra) -> None:
     # The service under test must not pay for the bench's own 100,000 events
     # and their entries: held, every garbage collection in the process walks them.
     del events, entries
-    gc.collect()
+    collect_garbage_for_batches()  # as the service's process does
     async with ledger_database(where.admin_dsn, where) as dsn:
         profiler = cProfile.Profile() if args.profile else None
         if profiler:
