@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import msgspec
 import pytest
 
 from services.settlement import handlers, store
+from services.settlement.__main__ import MIGRATIONS
 from services.settlement.consumers import OrderEventBooker
 from shared import db
 from shared.consumer import Delivery, PermanentError
 from shared.ids import new_id
+from shared.migrations import PLUMBING_MIGRATIONS, migrate
+from tests.integration.settlement.conftest import assert_balances_follow_postings
 from tests.integration.settlement.order_events import OrderEvent, OrderScript, Part
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
@@ -257,3 +262,57 @@ async def test_a_payout_keeps_its_terms_once_made(ledger_pool: db.Pool, statemen
         )
         # Its status still moves forward, as a reconciliation does.
         await conn.execute("UPDATE payouts SET status = 'paid', paid_at = now()")
+
+
+def _order_life(parts: tuple[Part, Part, Part]) -> list[OrderEvent]:
+    isv_part, integrator_part, own_part = parts
+    order = OrderScript(customer_id=new_id("cus"), owner_id=own_part.partner_id)
+    charges = [
+        order.charge(isv_part, 99_999, 0),
+        order.charge(integrator_part, 12_345, 1),
+        order.charge(own_part, 777, 2),
+    ]
+    return [
+        order.placed(99_999 + 12_345 + 777),
+        order.confirmed(charges),
+        order.usage(own_part, 3, 7, 11),
+        order.refunded([(charges[0], 33_333)]),
+        order.fulfilled(),
+    ]
+
+
+async def test_balances_kept_from_a_ledger_booked_before_they_existed(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    """The migration that adds the kept balances fills them from the postings already booked."""
+    before = tmp_path / "migrations"
+    before.mkdir()
+    for migration in sorted(MIGRATIONS.glob("*.sql")):
+        if migration.name < "0004":
+            shutil.copy(migration, before / migration.name)
+    conn = await asyncpg.connect(fresh_database)
+    try:
+        await migrate(conn, [("plumbing", PLUMBING_MIGRATIONS), ("settlement", before)])
+    finally:
+        await conn.close()
+    pool = await db.create_pool(fresh_database, min_size=1, max_size=2)
+    try:
+        owner, _, _, *parts = three_partners()
+        await book(pool, _order_life((parts[0], parts[1], parts[2])))
+        async with db.unit_of_work(pool) as conn:
+            await handlers.run_payouts(conn, NOW + timedelta(days=3650), NOW)
+        await book(pool, _order_life((parts[0], parts[1], parts[2])))
+        async with pool.acquire() as conn:
+            owed_before = await conn.fetch(
+                "SELECT account, partner_id, currency, sum(amount)::bigint AS balance"
+                " FROM postings GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+            )
+            assert await migrate(conn, [("settlement", MIGRATIONS)]) != []
+            assert await store.trial_balance(conn) == owed_before
+        await assert_balances_follow_postings(fresh_database)
+        # Booking goes on through the kept balances.
+        await book(pool, _order_life((parts[0], parts[1], parts[2])))
+        await assert_balances_follow_postings(fresh_database)
+        assert (await owed(pool, owner))["available"] > 0
+    finally:
+        await pool.close()
