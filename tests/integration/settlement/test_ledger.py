@@ -290,17 +290,17 @@ async def test_balances_kept_from_a_ledger_booked_before_they_existed(
     for migration in sorted(MIGRATIONS.glob("*.sql")):
         if migration.name < "0004":
             shutil.copy(migration, before / migration.name)
-    conn = await asyncpg.connect(fresh_database)
+    setup = await asyncpg.connect(fresh_database)
     try:
-        await migrate(conn, [("plumbing", PLUMBING_MIGRATIONS), ("settlement", before)])
+        await migrate(setup, [("plumbing", PLUMBING_MIGRATIONS), ("settlement", before)])
     finally:
-        await conn.close()
+        await setup.close()
     pool = await db.create_pool(fresh_database, min_size=1, max_size=2)
     try:
         owner, _, _, *parts = three_partners()
         await book(pool, _order_life((parts[0], parts[1], parts[2])))
-        async with db.unit_of_work(pool) as conn:
-            await handlers.run_payouts(conn, NOW + timedelta(days=3650), NOW)
+        async with db.unit_of_work(pool) as paying:
+            await handlers.run_payouts(paying, NOW + timedelta(days=3650), NOW)
         await book(pool, _order_life((parts[0], parts[1], parts[2])))
         async with pool.acquire() as conn:
             owed_before = await conn.fetch(
