@@ -49,6 +49,38 @@ SELECT order_id,
        coalesce(sum(amount) FILTER (WHERE account = 'cash'), 0)
   FROM postings WHERE order_id IS NOT NULL GROUP BY order_id;
 
+-- The balance check (0001) read the new postings twice and found their
+-- entries with a hash join over every journal entry: a scan of the whole
+-- journal per chunk, growing with the ledger.  Now one aggregation per entry
+-- and currency, and one index lookup per entry (LATERAL ... LIMIT 1 keeps the
+-- planner from the join).  Same rule, same errors.
+CREATE OR REPLACE FUNCTION ledger_refuse_unbalanced() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    wrong record;
+BEGIN
+    SELECT per_entry.entry_id, per_entry.currency, per_entry.total,
+           found.entry_id IS NULL AS missing
+      INTO wrong
+      FROM (SELECT entry_id, currency, sum(amount) AS total FROM new_postings
+             GROUP BY entry_id, currency) per_entry
+      LEFT JOIN LATERAL (SELECT e.entry_id FROM journal_entries e
+                          WHERE e.entry_id = per_entry.entry_id LIMIT 1) found ON true
+     WHERE per_entry.total <> 0 OR found.entry_id IS NULL
+     ORDER BY per_entry.total <> 0 DESC
+     LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF wrong.total <> 0 THEN
+        RAISE EXCEPTION 'journal entry % does not balance: its % postings sum to %',
+            wrong.entry_id, wrong.currency, wrong.total
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RAISE EXCEPTION 'postings name a journal entry that does not exist'
+        USING ERRCODE = 'foreign_key_violation';
+END
+$$;
+
 -- Rows are upserted in key order, so two chunks committing at once lock the
 -- shared rows (the house accounts) in the same order and never deadlock.
 CREATE FUNCTION ledger_roll_up() RETURNS trigger LANGUAGE plpgsql AS $$
