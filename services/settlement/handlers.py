@@ -215,7 +215,6 @@ async def run_payouts(conn: Connection, as_of: datetime, now: datetime) -> list[
     """
     await store.lock_payout_runs(conn)
     made: list[PayoutMade] = []
-    entries: list[JournalEntry] = []
     for plan in plan_payouts(await store.payable_by_order(conn, as_of)):
         payout_id = new_id("pay")
         reference = payout_reference(payout_id)
@@ -229,13 +228,10 @@ async def run_payouts(conn: Connection, as_of: datetime, now: datetime) -> list[
             as_of=as_of,
         ):
             continue
-        entries.append(payout_entry(payout_id, plan, now))
+        await store.insert_entries(conn, [payout_entry(payout_id, plan, now)])
         payout = PayoutMade(payout_id, plan.partner_id, plan.amount, plan.currency, reference)
         await _record_payout(conn, payout, as_of, payout_contract.PayoutInitiated, None)
         made.append(payout)
-    # One statement for the whole run: the kept balances it moves are locked in
-    # key order, as a chunk of order events locks them, so the two never deadlock.
-    await store.insert_entries(conn, entries)
     return made
 
 
@@ -314,7 +310,6 @@ async def reconcile(conn: Connection, lines: Sequence[BankLine]) -> Reconciled:
     unexpected: list[LineOutcome] = []
     mismatched: list[LineOutcome] = []
     seen: set[str] = set()
-    paid: list[JournalEntry] = []
     for index, line in enumerate(lines):
         payout = found.get(line.reference)
         if payout is None or compared[line.reference] != index:
@@ -329,9 +324,7 @@ async def reconcile(conn: Connection, lines: Sequence[BankLine]) -> Reconciled:
             continue
         matched.append(outcome)
         if payout["status"] == "pending":
-            paid.append(await _settle_payout(conn, payout, line.booked_at))
-    # One statement, as for a payout run: balances locked in key order.
-    await store.insert_entries(conn, paid)
+            await _settle_payout(conn, payout, line.booked_at)
     missing = [
         LineOutcome(row["reference"], row["amount"], None, row["currency"], row["payout_id"])
         for row in await store.payouts_in_transit(conn)
@@ -340,15 +333,12 @@ async def reconcile(conn: Connection, lines: Sequence[BankLine]) -> Reconciled:
     return Reconciled(new_id("rec"), matched, missing, unexpected, mismatched)
 
 
-async def _settle_payout(
-    conn: Connection, payout: asyncpg.Record, booked_at: datetime
-) -> JournalEntry:
-    """Mark the payout paid and announce it; the entry moving its money is the caller's to book."""
+async def _settle_payout(conn: Connection, payout: asyncpg.Record, booked_at: datetime) -> None:
     payout_id: str = payout["payout_id"]
     plan = PayoutPlan(
         payout["partner_id"], payout["currency"], tuple(await store.payout_items(conn, payout_id))
     )
     await store.mark_paid(conn, payout_id, booked_at)
+    await store.insert_entries(conn, [paid_entry(payout_id, plan, booked_at)])
     made = PayoutMade(payout_id, plan.partner_id, plan.amount, plan.currency, payout["reference"])
     await _record_payout(conn, made, payout["as_of"], payout_contract.PayoutPaid, booked_at)
-    return paid_entry(payout_id, plan, booked_at)
