@@ -1,6 +1,6 @@
 # One target per thing a developer does. `make run` and `make test` are the two
 # set-up commands of the README: each installs what it needs first.
-.PHONY: deps run stop status test lint typecheck test-unit test-integration test-e2e test-faults test-security bench bench-plumbing bench-pipeline
+.PHONY: deps run stop status test lint typecheck test-unit test-integration test-e2e test-faults test-security bench bench-plumbing bench-pipeline bench-scale
 
 deps:
 	@bash deploy/local/prerequisites.sh
@@ -54,6 +54,11 @@ bench: deps
 # TEST_KAFKA_BOOTSTRAP/TEST_PG_DSN when set, else starts its own servers.
 bench-pipeline: deps
 	uv run python -m bench.pipeline --profile orders
+
+# One process against two, of orders (placement, relay) and of settlement (catch-up);
+# writes bench/results/scale-out.md.  Uses TEST_KAFKA_BOOTSTRAP/TEST_PG_DSN when set.
+bench-scale: deps
+	uv run python -m bench.scale_out
 
 # Consumers and the relay beside raw Kafka and PostgreSQL; uses
 # TEST_KAFKA_BOOTSTRAP/TEST_PG_DSN when set, else starts its own servers.

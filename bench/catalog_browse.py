@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from pathlib import Path
 import asyncpg
 
 from bench.load import Result, run_load
+from bench.processes import wait_ready
 from deploy.local import infra
 from services.catalog import handlers
 from services.catalog.domain import ComponentDraft, OfferingContent, Partner
@@ -44,19 +44,6 @@ WORDS = (
     "search", "observability", "identity", "storage", "networking", "compliance", "migration",
     "warehouse", "ingestion", "governance", "cache", "messaging", "gateway", "firewall",
 )  # fmt: skip
-
-
-def _wait_ready(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout}s")
 
 
 async def seed(dsn: str, issuer: TokenIssuer, count: int) -> list[Partner]:
@@ -135,6 +122,9 @@ def running_stack(state: Path) -> Iterator[Stack]:
         MARKETPLACE_TOKEN_PUBLIC_KEY_FILE=str(state / "public.pem"),
         CATALOG_TOKEN_SIGNING_KEY_FILE=str(state / "signing.pem"),
         MARKETPLACE_LOG_LEVEL="WARNING",
+        # One token browses at every offered rate: the per-caller limit would cap it.
+        MARKETPLACE_PRINCIPAL_RATE_LIMIT_PER_MINUTE="600000",
+        MARKETPLACE_PRINCIPAL_RATE_LIMIT_BURST="100000",
     )
     log = (state / "catalog.log").open("wb")
     servers = [
@@ -143,8 +133,8 @@ def running_stack(state: Path) -> Iterator[Stack]:
         subprocess.Popen([sys.executable, "-m", "bench.bare_server", str(bare_port)], cwd=ROOT),
     ]  # fmt: skip
     try:
-        _wait_ready(f"http://127.0.0.1:{catalog_port}/readyz")
-        _wait_ready(f"http://127.0.0.1:{bare_port}/bare")
+        wait_ready(f"http://127.0.0.1:{catalog_port}/readyz")
+        wait_ready(f"http://127.0.0.1:{bare_port}/bare")
         yield Stack(
             catalog_port, bare_port, postgres.dsn("catalog"),
             TokenIssuer(private_pem, ttl=timedelta(hours=1)), operator_token,

@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ import aiohttp
 import asyncpg
 import msgspec
 
+from bench.processes import POOL_SIZE, stop, wait_ready
 from deploy.local import infra
 from services.orders import handlers
 from services.orders.__main__ import EXTRA_MIGRATIONS, MIGRATIONS
@@ -60,20 +60,6 @@ from shared.tokens import TokenIssuer, generate_keypair
 ROOT = Path(__file__).resolve().parent.parent
 P99_BUDGET = 0.050
 OFFERING_ID = "off_01benchjointoffering0000"
-POOL_SIZE = 10
-
-
-def _wait_ready(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout}s")
 
 
 @dataclass(frozen=True)
@@ -320,6 +306,9 @@ def running_stack(
         MARKETPLACE_TOKEN_PUBLIC_KEY_FILE=str(state / "public.pem"),
         MARKETPLACE_LOG_LEVEL="WARNING",
         MARKETPLACE_DB_POOL_SIZE=str(POOL_SIZE),
+        # One customer's token places every order: the per-caller limit would cap the rate.
+        MARKETPLACE_PRINCIPAL_RATE_LIMIT_PER_MINUTE="600000",
+        MARKETPLACE_PRINCIPAL_RATE_LIMIT_BURST="100000",
     )
     log = (state / "orders.log").open("wb")
     # cProfile writes its statistics when the service returns after SIGTERM.
@@ -332,7 +321,7 @@ def running_stack(
         subprocess.Popen([sys.executable, "-m", "bench.orders_bare", str(bare_port)], cwd=ROOT),
     ]  # fmt: skip
     try:
-        _wait_ready(f"http://127.0.0.1:{orders_port}/readyz")
+        wait_ready(f"http://127.0.0.1:{orders_port}/readyz")
         yield Stack(
             orders_port, bare_port, dsn, bare_dsn, TokenIssuer(private_pem, ttl=timedelta(hours=1))
         )
@@ -340,15 +329,7 @@ def running_stack(
         if servers[0].poll() is not None:
             tail = (state / "orders.log").read_bytes()[-3000:].decode(errors="replace")
             print(f"the orders service exited with {servers[0].returncode}:\n{tail}", flush=True)
-        for server in servers:
-            server.terminate()
-        for server in servers:
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                print(f"{server.args!r} did not stop within 30 s of SIGTERM; killed", flush=True)
-                server.kill()
-                server.wait()
+        stop({"the orders service": servers[0], "the bare handler": servers[1]})
         if kafka is not None:
             kafka.stop()
         if postgres is not None:

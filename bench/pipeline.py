@@ -30,7 +30,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -46,7 +45,6 @@ from bench import pipeline_report as report
 from bench.orders_place import (
     _create_database,
     _drop_database,
-    _wait_ready,
     bare_transaction,
     http_post,
     prepare,
@@ -61,10 +59,10 @@ from bench.pipeline_load import (
     partner_feeds,
 )
 from bench.plumbing import servers
+from bench.processes import fleet, service_env, signing_keys
 from deploy.demo.client import Marketplace
 from deploy.local import infra
 from shared.contracts import fulfillments, orders
-from shared.tokens import generate_keypair
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -104,72 +102,30 @@ def running_stack(state: Path, kafka: str, admin_dsn: str) -> Iterator[Stack]:
     for name in names.values():
         asyncio.run(_create_database(admin_dsn, name))
     dsns = {s: f"{base}/{name}" for s, name in names.items()}
-    private_pem, public_pem = generate_keypair()
-    (state / "private.pem").write_bytes(private_pem)
-    (state / "public.pem").write_bytes(public_pem)
-    ports = {s: infra.free_port() for s in (*SERVICES, "bare")}
+    signing_keys(state)
     operator_token = secrets.token_urlsafe(24)
     prefix = f"benchpipe{suffix}."
-    env = dict(
-        os.environ,
-        MARKETPLACE_KAFKA_BOOTSTRAP=kafka,
-        MARKETPLACE_TOPIC_PREFIX=prefix,
-        MARKETPLACE_OPERATOR_TOKEN=operator_token,
-        MARKETPLACE_TOKEN_PUBLIC_KEY_FILE=str(state / "public.pem"),
-        CATALOG_TOKEN_SIGNING_KEY_FILE=str(state / "private.pem"),
-        MARKETPLACE_LOG_LEVEL=os.environ.get("MARKETPLACE_LOG_LEVEL", "WARNING"),
-        MARKETPLACE_DB_POOL_SIZE=str(POOL_SIZE),
-        # Every customer of the bench is 127.0.0.1: the per-address limit would throttle them.
-        MARKETPLACE_PUBLIC_RATE_LIMIT_PER_MINUTE="600000",
-        MARKETPLACE_PUBLIC_RATE_LIMIT_BURST="100000",
-    )
-    for service in SERVICES:
-        env[f"{service.upper()}_DATABASE_URL"] = dsns[service]
-        env[f"{service.upper()}_HTTP_PORT"] = str(ports[service])
+    env = service_env(state, kafka, prefix, operator_token)
+    bare_port = infra.free_port()
     asyncio.run(prepare(dsns["bare"]))
-    processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        for service in SERVICES:
-            log = (state / f"{service}.log").open("wb")
-            processes[service] = subprocess.Popen(
-                [sys.executable, "-m", f"services.{service}"], cwd=ROOT, env=env,
-                stdout=log, stderr=log,
-            )  # fmt: skip
-        processes["bare"] = subprocess.Popen(
-            [sys.executable, "-m", "bench.orders_bare", str(ports["bare"])], cwd=ROOT
-        )
-        # /healthz, not /readyz: readiness fetches the metadata of every topic, which
-        # on a broker shared with many test runs can take past its 2 s budget.  The
-        # first order, charged end to end before the load starts, proves the rest.
-        for service in SERVICES:
-            try:
-                _wait_ready(f"http://127.0.0.1:{ports[service]}/healthz", timeout=90)
-            except RuntimeError:
-                tail = (state / f"{service}.log").read_bytes()[-3000:].decode(errors="replace")
-                print(f"{service} did not become ready; its log ends:\n{tail}", flush=True)
-                raise
-        yield Stack(
-            kafka=kafka,
-            prefix=prefix,
-            operator_token=operator_token,
-            urls={s: f"http://127.0.0.1:{ports[s]}" for s in SERVICES},
-            dsns=dsns,
-            pids={s: p.pid for s, p in processes.items()},
-            bare_url=f"http://127.0.0.1:{ports['bare']}/bare",
-            admin_dsn=admin_dsn,
-        )
+        with fleet(state) as started:
+            for service in SERVICES:
+                started.start_service(service, service, env, dsns[service], infra.free_port())
+            started.start("bare", "-m", "bench.orders_bare", str(bare_port))
+            # The first order, charged end to end before the load starts, proves the rest.
+            started.wait_healthy()
+            yield Stack(
+                kafka=kafka,
+                prefix=prefix,
+                operator_token=operator_token,
+                urls={s: started.url(s) for s in SERVICES},
+                dsns=dsns,
+                pids=started.pids(),
+                bare_url=f"http://127.0.0.1:{bare_port}/bare",
+                admin_dsn=admin_dsn,
+            )
     finally:
-        for service, process in processes.items():
-            if process.poll() is not None and service in SERVICES:
-                tail = (state / f"{service}.log").read_bytes()[-2000:].decode(errors="replace")
-                print(f"{service} exited with {process.returncode}:\n{tail}", flush=True)
-            process.terminate()
-        for process in processes.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
         for name in names.values():
             asyncio.run(_drop_database(admin_dsn, name))
         asyncio.run(limits.delete_topics(kafka, prefix))

@@ -64,10 +64,17 @@ from aiokafka.errors import KafkaError
 from shared import logs
 from shared.contracts.envelope import Envelope, Event, EventRegistry, UnknownEvent, decode_envelope
 from shared.db import Connection, Pool
-from shared.metrics import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED
+from shared.metrics import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED, EVENTS_PARKED
 from shared.retry import RetryPolicy
 from shared.runtime import sleep_or_stop
-from shared.sequencing import Delivery, Sequencing, admit, drop_parked, take_ready
+from shared.sequencing import (
+    Delivery,
+    Sequencing,
+    admit,
+    drop_parked,
+    parked_count,
+    take_ready,
+)
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +225,7 @@ class BatchConsumer:
         retry: RetryPolicy | None = None,
         max_batch: int = 500,
         sequencing: Sequencing | None = None,
+        parked_gauge_seconds: float = 15.0,
     ) -> None:
         """``topics`` are the contracts' bare names; ``topic_prefix`` namespaces a deployment.
 
@@ -237,6 +245,7 @@ class BatchConsumer:
         self._retry = retry or RetryPolicy()
         self._max_batch = max_batch
         self._sequencing = sequencing
+        self._parked_gauge_seconds = parked_gauge_seconds
         # Events per transaction; the per-event consumer sets 1.
         self._per_transaction = max_batch
         self._stopping = asyncio.Event()
@@ -268,6 +277,7 @@ class BatchConsumer:
         self._consumer.subscribe(self.topics, listener=_Revocations(self))
         await self._consumer.start()
         committer = asyncio.create_task(self._committer())
+        watcher = asyncio.create_task(self._export_parked())
         try:
             while not self._stopping.is_set():
                 batches = await self._consumer.getmany(
@@ -288,9 +298,30 @@ class BatchConsumer:
             self._stopping.set()
             await self._finish(list(self._partitions))
             committer.cancel()
-            await asyncio.gather(committer, return_exceptions=True)
+            watcher.cancel()
+            await asyncio.gather(committer, watcher, return_exceptions=True)
             await self._flush_commits()
             await self._consumer.stop()
+
+    async def _export_parked(self) -> None:
+        """Every replica exports what the consumer holds back, as the database counts it.
+
+        Parked events wait for a gap that may never fill (its event was
+        dead-lettered): an operator must see them grow, and on every replica alike.
+        """
+        if self._sequencing != "strict":
+            return
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    EVENTS_PARKED.labels(self.name).set(await parked_count(conn, self.name))
+            except Exception as exc:  # a gauge left stale must not stop the consumer
+                log.warning(
+                    "could not count parked events",
+                    extra={"consumer": self.name, "error": repr(exc)},
+                )
+            if await sleep_or_stop(self._stopping, self._parked_gauge_seconds):
+                return
 
     def _worker_done(self, worker: asyncio.Task[None]) -> None:
         if not worker.cancelled() and worker.exception() is not None:
@@ -726,6 +757,7 @@ class IdempotentConsumer(BatchConsumer):
         retry: RetryPolicy | None = None,
         max_batch: int = 200,
         sequencing: Sequencing | None = None,
+        parked_gauge_seconds: float = 15.0,
     ) -> None:
         async def each(conn: Connection, deliveries: Sequence[Delivery]) -> None:
             for delivery in deliveries:
@@ -744,5 +776,6 @@ class IdempotentConsumer(BatchConsumer):
             retry=retry,
             max_batch=max_batch,
             sequencing=sequencing,
+            parked_gauge_seconds=parked_gauge_seconds,
         )
         self._per_transaction = 1

@@ -24,10 +24,20 @@ EVENTS_CONSUMED = Counter(
 EVENTS_DEAD_LETTERED = Counter(
     "events_dead_lettered_total", "Messages sent to a dead-letter topic", ["consumer", "topic"]
 )
+EVENTS_PARKED = Gauge(
+    "events_parked",
+    "Events a strictly sequenced consumer holds back until the gap before them fills",
+    ["consumer"],
+)
 TIMERS_FIRED = Counter("timers_fired_total", "Timers whose handler ran and committed", ["kind"])
 TIMERS_FAILED = Counter(
     "timers_failed_total", "Timer handler attempts that raised (retried later)", ["kind"]
 )
 TIMERS_PARKED = Counter(
     "timers_parked_total", "Timers left for an operator after their last attempt", ["kind"]
+)
+TIMERS_UNHANDLED = Gauge(
+    "timers_due_unhandled",
+    "Due timers of a kind no handler of this service's timer loop is registered for",
+    ["kind"],
 )

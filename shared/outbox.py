@@ -216,18 +216,9 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
-            deliveries = [
-                await self._producer.send(
-                    self._topic_prefix + row["topic"],
-                    value=row["payload"],
-                    key=row["key"].encode(),
-                    headers=kafka_headers(row["event_type"], row["event_id"]),
-                )
-                for row in rows
-            ]
+            await self._send_all(rows)
             # Marked sent only once every message is acknowledged by the broker,
             # in a transaction of its own that lasts one statement.
-            await asyncio.gather(*deliveries)
             async with conn.transaction():
                 await conn.execute(
                     "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
@@ -239,6 +230,44 @@ class OutboxRelay:
             raise
         OUTBOX_PUBLISHED.inc(len(rows))
         return len(rows)
+
+    async def _send_all(self, rows: Sequence[asyncpg.Record]) -> None:
+        """Send every row and await every acknowledgement; raise if any send failed.
+
+        Every delivery's outcome is retrieved, failed ones logged by type and
+        message only (never a payload): a batch that failed at its first
+        acknowledgement, or whose sending stopped midway, would otherwise leave
+        the others' exceptions unretrieved ("Future exception was never retrieved").
+        """
+        deliveries: list[asyncio.Future[object]] = []
+        try:
+            for row in rows:
+                deliveries.append(
+                    await self._producer.send(
+                        self._topic_prefix + row["topic"],
+                        value=row["payload"],
+                        key=row["key"].encode(),
+                        headers=kafka_headers(row["event_type"], row["event_id"]),
+                    )
+                )
+        except BaseException:
+            # Sending stopped midway: what was handed to the producer still ends,
+            # some time later, and its failures are collected then.
+            for delivery in deliveries:
+                delivery.add_done_callback(_log_failed_delivery)
+            raise
+        outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if failures:
+            log.warning(
+                "outbox relay: sends failed, the batch stays unsent and is retried",
+                extra={
+                    "failed": len(failures),
+                    "batch": len(rows),
+                    "errors": sorted({_describe(failure) for failure in failures}),
+                },
+            )
+            raise failures[0]
 
     async def _lead(self) -> bool:
         if self._leader is not None and self._leads_still(self._leader):
@@ -297,3 +326,19 @@ class OutboxRelay:
     def _set_backlog(unsent: int, oldest_age: float) -> None:
         OUTBOX_UNSENT.set(unsent)
         OUTBOX_OLDEST_UNSENT_AGE.set(oldest_age)
+
+
+def _describe(error: BaseException) -> str:
+    # Kafka client errors name the broker's refusal; they never carry the payload.
+    return f"{type(error).__name__}: {error}"[:300]
+
+
+def _log_failed_delivery(delivery: asyncio.Future[object]) -> None:
+    if delivery.cancelled():
+        return
+    error = delivery.exception()
+    if error is not None:
+        log.warning(
+            "outbox relay: a send of an abandoned batch failed",
+            extra={"errors": [_describe(error)]},
+        )

@@ -66,7 +66,10 @@ async def prune_processed_events(
                 await conn.execute(
                     "DELETE FROM processed_events WHERE consumer = $1 AND event_id = ANY(ARRAY("
                     " SELECT event_id FROM processed_events"
-                    " WHERE consumer = $1 AND processed_at < $2 LIMIT $3))",
+                    # Oldest first, as the index (consumer, processed_at) hands
+                    # them out: unordered, a generic plan that guesses a third
+                    # of the rows match prefers reading the whole table.
+                    " WHERE consumer = $1 AND processed_at < $2 ORDER BY processed_at LIMIT $3))",
                     consumer,
                     processed_before,
                     batch_size,

@@ -268,6 +268,14 @@ async def drop_parked(conn: Connection, *, consumer: str, topic: str, event_id: 
     )
 
 
+async def parked_count(conn: Connection, consumer: str) -> int:
+    """How many events ``consumer`` holds back, for the ``events_parked`` gauge."""
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM parked_events WHERE consumer = $1", consumer
+    )
+    return count
+
+
 @dataclass(frozen=True)
 class ParkedEvent:
     topic: str

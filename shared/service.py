@@ -24,7 +24,13 @@ from shared.contracts.envelope import Topic
 from shared.db import TRANSIENT_DB_ERRORS
 from shared.http import idempotency
 from shared.http.api import Api, RevocationCheck
-from shared.http.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE_LIMIT, DEFAULT_TIMEOUTS, create_app
+from shared.http.app import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_PRINCIPAL_RATE_LIMIT,
+    DEFAULT_RATE_LIMIT,
+    DEFAULT_TIMEOUTS,
+    create_app,
+)
 from shared.http.idempotency import KeySecret
 from shared.http.rate_limit import RateLimit
 from shared.http.server import Timeouts
@@ -60,6 +66,8 @@ class ServiceSettings(msgspec.Struct, kw_only=True):
     # The front door; README "Front door" says what each one means.
     public_rate_limit_per_minute: float = DEFAULT_RATE_LIMIT.per_minute
     public_rate_limit_burst: int = DEFAULT_RATE_LIMIT.burst
+    principal_rate_limit_per_minute: float = DEFAULT_PRINCIPAL_RATE_LIMIT.per_minute
+    principal_rate_limit_burst: int = DEFAULT_PRINCIPAL_RATE_LIMIT.burst
     http_header_timeout_seconds: float = DEFAULT_TIMEOUTS.header_seconds
     http_body_timeout_seconds: float = DEFAULT_TIMEOUTS.body_seconds
     idempotency_secret: Secret | None = None
@@ -171,6 +179,11 @@ async def run_service(
             key_secret=KeySecret.configured(settings.idempotency_secret, settings.operator_token),
             public_rate_limit=RateLimit(
                 settings.public_rate_limit_per_minute, settings.public_rate_limit_burst
+            ),
+            principal_rate_limit=RateLimit(
+                settings.principal_rate_limit_per_minute,
+                settings.principal_rate_limit_burst,
+                per="caller",
             ),
             timeouts=Timeouts(
                 settings.http_header_timeout_seconds, settings.http_body_timeout_seconds

@@ -19,17 +19,25 @@ an attempt: nothing could be recorded, and the loop tries again after backoff.
 
 Due is decided by the loop's ``clock``, not the database's, so tests move a
 clock instead of sleeping.
+
+A due timer of a kind the loop has no handler for (a handler renamed or
+removed while its timers were still scheduled) is never claimed, so it holds
+up no other timer; but it would never fire either, so the loop reports it: a
+WARNING naming the kind, once per kind, and the gauge ``timers_due_unhandled``
+per kind, refreshed every ``unhandled_check_seconds``.  One loop per service
+must therefore hold every kind the service schedules.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 
 from shared.clock import Clock, utc_now
 from shared.db import TRANSIENT_DB_ERRORS, Connection, Pool
-from shared.metrics import TIMERS_FAILED, TIMERS_FIRED, TIMERS_PARKED
+from shared.metrics import TIMERS_FAILED, TIMERS_FIRED, TIMERS_PARKED, TIMERS_UNHANDLED
 from shared.retry import RetryPolicy
 from shared.runtime import PollingLoop
 
@@ -70,6 +78,7 @@ class TimerLoop:
         poll_seconds: float = 1.0,
         batch_size: int = 100,
         retry: RetryPolicy = DEFAULT_RETRY,
+        unhandled_check_seconds: float = 60.0,
     ) -> None:
         self._pool = pool
         self._handlers = dict(handlers)
@@ -78,6 +87,9 @@ class TimerLoop:
         self._poll_seconds = poll_seconds
         self._batch_size = batch_size
         self._retry = retry
+        self._unhandled_check_seconds = unhandled_check_seconds
+        self._unhandled_checked_at: float | None = None
+        self._unhandled_seen: set[str] = set()
         self._loop = PollingLoop("timers", self._pass, transient=TRANSIENT_DB_ERRORS)
 
     def stop(self) -> None:
@@ -106,7 +118,35 @@ class TimerLoop:
             if outcome is None:
                 break
             fired += outcome
+        await self._report_unhandled(now)
         return fired
+
+    async def _report_unhandled(self, now: datetime) -> None:
+        """Count due timers no handler here will ever fire; warn once per kind."""
+        checked_at = asyncio.get_running_loop().time()
+        if (
+            self._unhandled_checked_at is not None
+            and checked_at - self._unhandled_checked_at < self._unhandled_check_seconds
+        ):
+            return
+        self._unhandled_checked_at = checked_at
+        rows = await self._pool.fetch(
+            "SELECT kind, count(*) AS due FROM timers WHERE parked_at IS NULL"
+            " AND next_attempt_at <= $1 AND kind <> ALL($2::text[]) GROUP BY kind",
+            now,
+            self._kinds,
+        )
+        due = {row["kind"]: row["due"] for row in rows}
+        for kind in self._unhandled_seen - due.keys():
+            TIMERS_UNHANDLED.labels(kind).set(0)
+        for kind, count in due.items():
+            TIMERS_UNHANDLED.labels(kind).set(count)
+            if kind not in self._unhandled_seen:
+                log.warning(
+                    "due timers of a kind without a handler; they will not fire",
+                    extra={"timer_kind": kind, "due": count, "handled_kinds": self._kinds},
+                )
+        self._unhandled_seen |= due.keys()
 
     async def _fire_one(self, now: datetime) -> int | None:
         """Claim and fire one due timer: 1 if it fired, 0 if its handler failed, None if none."""

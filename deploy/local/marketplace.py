@@ -87,6 +87,9 @@ def up(args: argparse.Namespace) -> int:
     # if they were an attacker; the variables still win when set.
     env.setdefault("MARKETPLACE_PUBLIC_RATE_LIMIT_PER_MINUTE", "6000")
     env.setdefault("MARKETPLACE_PUBLIC_RATE_LIMIT_BURST", "500")
+    # The demo's few partners answer every order of the day as fast as they can.
+    env.setdefault("MARKETPLACE_PRINCIPAL_RATE_LIMIT_PER_MINUTE", "60000")
+    env.setdefault("MARKETPLACE_PRINCIPAL_RATE_LIMIT_BURST", "2000")
     subprocess.run(
         [sys.executable, "-m", "shared.topics", "--bootstrap", kafka.bootstrap],
         cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL,

@@ -8,9 +8,9 @@ from pathlib import Path
 from services.orders import consumers, handlers
 from services.orders.http import OrdersHttp, build_api
 from shared import account_generations
-from shared.clock import utc_now
+from shared.clock import Clock, utc_now
 from shared.contracts import fulfillments, orders
-from shared.service import Composition, Runtime, ServiceSettings, main
+from shared.service import Compose, Composition, Runtime, ServiceSettings, main
 from shared.timers import TimerLoop
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -28,30 +28,39 @@ class OrdersSettings(ServiceSettings, kw_only=True):
     timer_poll_seconds: float = 1.0
 
 
-async def compose(runtime: Runtime) -> Composition:
-    settings = runtime.settings
-    if not isinstance(settings, OrdersSettings):
-        raise TypeError("the orders service runs with OrdersSettings")
-    api = build_api(
-        OrdersHttp(acceptance_window=timedelta(seconds=settings.acceptance_deadline_seconds))
-    )
-    catalog_copy = consumers.catalog_copy(
-        bootstrap=settings.kafka_bootstrap,
-        topic_prefix=settings.topic_prefix,
-        pool=runtime.pool,
-        producer=runtime.producer,
-    )
-    deadlines = TimerLoop(
-        runtime.pool,
-        {
-            handlers.ACCEPTANCE_DEADLINE: lambda conn, order_id: (
-                handlers.acceptance_deadline_passed(conn, order_id, utc_now())
+def composer(clock: Clock = utc_now) -> Compose:
+    """The service on one clock: the timer loop decides by it what is due, and the
+    routes and the deadline handler stamp their changes with it, so a test that
+    moves the clock moves all of them alike."""
+
+    async def compose(runtime: Runtime) -> Composition:
+        settings = runtime.settings
+        if not isinstance(settings, OrdersSettings):
+            raise TypeError("the orders service runs with OrdersSettings")
+        api = build_api(
+            OrdersHttp(
+                acceptance_window=timedelta(seconds=settings.acceptance_deadline_seconds),
+                clock=clock,
             )
-        },
-        clock=utc_now,
-        poll_seconds=settings.timer_poll_seconds,
-    )
-    return account_generations.wire(runtime).composition(api, [catalog_copy, deadlines])
+        )
+        catalog_copy = consumers.catalog_copy(
+            bootstrap=settings.kafka_bootstrap,
+            topic_prefix=settings.topic_prefix,
+            pool=runtime.pool,
+            producer=runtime.producer,
+        )
+        deadlines = TimerLoop(
+            runtime.pool,
+            handlers.timer_handlers(clock),
+            clock=clock,
+            poll_seconds=settings.timer_poll_seconds,
+        )
+        return account_generations.wire(runtime).composition(api, [catalog_copy, deadlines])
+
+    return compose
+
+
+compose = composer()
 
 
 if __name__ == "__main__":
@@ -60,6 +69,6 @@ if __name__ == "__main__":
         OrdersSettings,
         migrations=MIGRATIONS,
         topics=TOPICS,
-        composer=lambda _: compose,
+        composer=lambda _: composer(),
         extra_migrations=EXTRA_MIGRATIONS,
     )

@@ -10,6 +10,7 @@ transaction, numbered from the order's own sequence.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from services.orders import domain, store
@@ -22,12 +23,15 @@ from services.orders.domain import (
     Transition,
 )
 from shared import outbox, timers
+from shared.clock import Clock
 from shared.contracts import catalog_agreements, catalog_offerings
 from shared.contracts import fulfillments as fulfillment_events
 from shared.contracts import orders as order_events
 from shared.contracts.envelope import Event
+from shared.contracts.fulfillments import FulfillmentStatus
+from shared.contracts.orders import OrderStatus
 from shared.db import Connection
-from shared.errors import Conflict, NotFound, RuleViolated
+from shared.errors import Conflict, NotAllowed, NotFound, RuleViolated
 from shared.ids import new_id
 from shared.tokens import Principal
 
@@ -114,6 +118,15 @@ async def acceptance_deadline_passed(conn: Connection, order_id: str, now: datet
         return
 
 
+def timer_handlers(clock: Clock) -> dict[str, timers.TimerHandler]:
+    """What the orders timer loop fires; ``clock`` is the loop's own, so the two agree."""
+
+    async def deadline(conn: Connection, order_id: str) -> None:
+        await acceptance_deadline_passed(conn, order_id, clock())
+
+    return {ACCEPTANCE_DEADLINE: deadline}
+
+
 async def report_usage(conn: Connection, order_id: str, report: ReportUsage, now: datetime) -> None:
     """Charge metered usage once per usage id; a repeated usage id changes nothing."""
     # Recording a charge only appends to the charges made; reading them all on
@@ -154,6 +167,26 @@ async def _usage_known(conn: Connection, report: ReportUsage, order_id: str) -> 
     return counted_for is not None
 
 
+@dataclass(frozen=True)
+class OrderList:
+    """Orders newest first, and whether more follow the last of them."""
+
+    orders: list[Order]
+    more: bool
+
+
+@dataclass(frozen=True)
+class FulfillmentList:
+    """A partner's fulfilments newest first, each with its order, and whether more follow."""
+
+    fulfillments: list[tuple[str, Order]]
+    more: bool
+
+
+# Who sees which orders is decided here and only here: ``may_see`` for one
+# order, ``list_orders`` and ``list_fulfillments`` for a page, by the same rule.
+
+
 async def visible_order(conn: Connection, caller: Principal, order_id: str) -> Order:
     """Its customer, the accountable owner of any of its lines, or the operator."""
     found = await store.order(conn, order_id)
@@ -168,6 +201,51 @@ def may_see(caller: Principal, order: Order) -> bool:
     if caller.role == "customer":
         return order.customer_id == caller.subject
     return caller.subject in order.owner_ids
+
+
+async def list_orders(
+    conn: Connection,
+    caller: Principal,
+    *,
+    status: OrderStatus | None,
+    after_id: str | None,
+    limit: int,
+) -> OrderList:
+    """What ``may_see`` admits, a page at a time: a customer's own orders, the orders
+    of the offerings a partner owns (it answers for the whole deal), or all of them."""
+    match caller.role:
+        case "customer":
+            ids = await store.customer_order_ids(
+                conn, caller.subject, status=status, after_id=after_id, limit=limit + 1
+            )
+        case "partner":
+            ids = await store.owner_order_ids(
+                conn, caller.subject, status=status, after_id=after_id, limit=limit + 1
+            )
+        case "operator":
+            ids = await store.all_order_ids(conn, status=status, after_id=after_id, limit=limit + 1)
+    return OrderList(await store.orders_by_id(conn, ids[:limit]), more=len(ids) > limit)
+
+
+async def list_fulfillments(
+    conn: Connection,
+    caller: Principal,
+    *,
+    status: FulfillmentStatus | None,
+    after_id: str | None,
+    limit: int,
+) -> FulfillmentList:
+    """The fulfilment requests sent to the calling partner: its own and no one else's."""
+    if caller.role != "partner":
+        raise NotAllowed("only a partner has fulfillment requests")
+    found = await store.partner_fulfillment_ids(
+        conn, caller.subject, status=status, after_id=after_id, limit=limit + 1
+    )
+    page = found[:limit]
+    orders = {o.order_id: o for o in await store.orders_by_id(conn, [oid for _, oid in page])}
+    return FulfillmentList(
+        [(fulfillment_id, orders[oid]) for fulfillment_id, oid in page], more=len(found) > limit
+    )
 
 
 async def _change(conn: Connection, order_id: str, command: Command, now: datetime) -> Order:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from services.orders import domain, handlers, store
+from services.orders import domain, handlers
 from services.orders.api import (
     FulfillmentPage,
     FulfillmentSummary,
@@ -79,21 +79,18 @@ def build_api(deps: OrdersHttp) -> Api:
         roles=ANY_ROLE, query=ListOrders, response=OrderPage, tag="orders",
     )  # fmt: skip
     async def list_orders(call: Call[None, ListOrders]) -> OrderPage:
-        caller, query = call.caller, call.query
+        query = call.query
         async with call.connection() as conn:
-            ids = await store.list_order_ids(
+            page = await handlers.list_orders(
                 conn,
-                customer_id=caller.subject if caller.role == "customer" else None,
-                owner_id=caller.subject if caller.role == "partner" else None,
+                call.caller,
                 status=query.status,
                 after_id=_after(query.cursor),
-                limit=query.limit + 1,
+                limit=query.limit,
             )
-            orders = await store.orders_by_id(conn, ids[: query.limit])
-        more = len(ids) > query.limit
         return OrderPage(
-            items=[order_view(order) for order in orders],
-            next_cursor=encode_cursor([orders[-1].order_id]) if more else None,
+            items=[order_view(order) for order in page.orders],
+            next_cursor=encode_cursor([page.orders[-1].order_id]) if page.more else None,
         )
 
     @route(
@@ -113,20 +110,16 @@ def build_api(deps: OrdersHttp) -> Api:
     async def list_fulfillments(call: Call[None, ListFulfillments]) -> FulfillmentPage:
         query = call.query
         async with call.connection() as conn:
-            found = await store.list_fulfillment_orders(
+            page = await handlers.list_fulfillments(
                 conn,
-                partner_id=call.caller.subject,
+                call.caller,
                 status=query.status,
                 after_id=_after(query.cursor),
-                limit=query.limit + 1,
+                limit=query.limit,
             )
-            page = found[: query.limit]
-            orders = {
-                o.order_id: o for o in await store.orders_by_id(conn, [oid for _, oid in page])
-            }
         return FulfillmentPage(
-            items=[fulfillment_view(orders[oid], call.caller.subject) for _, oid in page],
-            next_cursor=encode_cursor([page[-1][0]]) if len(found) > query.limit else None,
+            items=[fulfillment_view(order, call.caller.subject) for _, order in page.fulfillments],
+            next_cursor=encode_cursor([page.fulfillments[-1][0]]) if page.more else None,
         )
 
     async def answer(call: Call[Any, None], command: Command) -> FulfillmentView:

@@ -298,57 +298,95 @@ async def usage_order(conn: Connection, reporter_id: str, usage_id: str) -> str 
     return found
 
 
-async def list_order_ids(
+def _page_query(
+    select: str, filters: Sequence[tuple[str, object | None]], order_by: str, limit: int
+) -> tuple[str, list[object]]:
+    """``select`` narrowed by the filters given a value, newest first, ``limit`` rows.
+
+    A filter without a value is left out of the text rather than written as
+    ``$n IS NULL OR col = $n``: asyncpg prepares every statement, and after
+    five executions PostgreSQL may switch to one generic plan that cannot know
+    which filters are set, so it cannot use their index.  Each combination is
+    its own statement here, and each one's generic plan uses its index.
+    """
+    conditions: list[str] = []
+    args: list[object] = []
+    for condition, value in filters:
+        if value is not None:
+            args.append(value)
+            conditions.append(condition.format(f"${len(args)}"))
+    args.append(limit)
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return f"{select}{where} ORDER BY {order_by} LIMIT ${len(args)}", args
+
+
+async def customer_order_ids(
     conn: Connection,
+    customer_id: str,
     *,
-    customer_id: str | None,
-    owner_id: str | None,
     status: OrderStatus | None,
     after_id: str | None,
     limit: int,
 ) -> list[str]:
-    """Newest first; a customer's own, the orders a partner is accountable for, or all."""
-    if owner_id is not None:
-        # Walked from the owner's index entries: filtering every order newest
-        # first for a line of this owner reads the whole table for a small owner.
-        rows = await conn.fetch(
-            "SELECT DISTINCT l.order_id AS id FROM order_lines l JOIN orders o ON o.id = l.order_id"
-            " WHERE l.owner_id = $1 AND ($2::text IS NULL OR o.status = $2)"
-            " AND ($3::text IS NULL OR l.order_id < $3) ORDER BY l.order_id DESC LIMIT $4",
-            owner_id,
-            status,
-            after_id,
-            limit,
-        )
-        return [row["id"] for row in rows]
-    rows = await conn.fetch(
-        "SELECT o.id FROM orders o WHERE ($1::text IS NULL OR o.customer_id = $1)"
-        " AND ($2::text IS NULL OR o.status = $2) AND ($3::text IS NULL OR o.id < $3)"
-        " ORDER BY o.id DESC LIMIT $4",
-        customer_id,
-        status,
-        after_id,
+    """A customer's orders, newest first (``orders_by_customer``)."""
+    sql, args = _page_query(
+        "SELECT id FROM orders",
+        [("customer_id = {}", customer_id), ("status = {}", status), ("id < {}", after_id)],
+        "id DESC",
         limit,
     )
-    return [row["id"] for row in rows]
+    return [row["id"] for row in await conn.fetch(sql, *args)]
 
 
-async def list_fulfillment_orders(
+async def owner_order_ids(
     conn: Connection,
+    owner_id: str,
     *,
+    status: OrderStatus | None,
+    after_id: str | None,
+    limit: int,
+) -> list[str]:
+    """The orders with a line of an offering the partner owns, newest first."""
+    # Walked from the owner's index entries: filtering every order newest
+    # first for a line of this owner reads the whole table for a small owner.
+    # The status is looked up per line, not joined: a generic plan that thinks
+    # the owner has many lines would merge-join them with every order there is.
+    sql, args = _page_query(
+        "SELECT DISTINCT l.order_id AS id FROM order_lines l",
+        [
+            ("l.owner_id = {}", owner_id),
+            ("(SELECT o.status FROM orders o WHERE o.id = l.order_id) = {}", status),
+            ("l.order_id < {}", after_id),
+        ],
+        "l.order_id DESC",
+        limit,
+    )
+    return [row["id"] for row in await conn.fetch(sql, *args)]
+
+
+async def all_order_ids(
+    conn: Connection, *, status: OrderStatus | None, after_id: str | None, limit: int
+) -> list[str]:
+    """Every order, newest first: the operator's view."""
+    sql, args = _page_query(
+        "SELECT id FROM orders", [("status = {}", status), ("id < {}", after_id)], "id DESC", limit
+    )
+    return [row["id"] for row in await conn.fetch(sql, *args)]
+
+
+async def partner_fulfillment_ids(
+    conn: Connection,
     partner_id: str,
+    *,
     status: FulfillmentStatus | None,
     after_id: str | None,
     limit: int,
 ) -> list[tuple[str, str]]:
     """(fulfilment id, order id) of one partner's fulfilments, newest first."""
-    rows = await conn.fetch(
-        "SELECT id, order_id FROM fulfillments WHERE partner_id = $1"
-        " AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR id < $3)"
-        " ORDER BY id DESC LIMIT $4",
-        partner_id,
-        status,
-        after_id,
+    sql, args = _page_query(
+        "SELECT id, order_id FROM fulfillments",
+        [("partner_id = {}", partner_id), ("status = {}", status), ("id < {}", after_id)],
+        "id DESC",
         limit,
     )
-    return [(row["id"], row["order_id"]) for row in rows]
+    return [(row["id"], row["order_id"]) for row in await conn.fetch(sql, *args)]

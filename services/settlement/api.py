@@ -54,7 +54,7 @@ class SplitView(msgspec.Struct, frozen=True):
     rule: str
 
 
-StatementKind = Literal["charge", "refund", "release", "payout", "paid"]
+StatementKind = Literal["charge", "refund", "release", "payout", "paid", "failed"]
 
 
 class StatementLine(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -62,7 +62,7 @@ class StatementLine(msgspec.Struct, frozen=True, omit_defaults=True):
     booked_at: datetime
     kind: StatementKind
     account: str  # pending, available or in_transit
-    part: str  # share, margin, release, payout, paid
+    part: str  # share, margin, release, payout, paid, failed
     # Positive: the marketplace owes the partner more on this account; negative: less.
     amount: Money
     order_id: str | None = None
@@ -109,6 +109,8 @@ class PayoutView(msgspec.Struct, frozen=True):
     status: PayoutStatus
     created_at: datetime
     paid_at: datetime | None
+    # When the bank returned it (status ``failed``): its money is available again.
+    failed_at: datetime | None = None
 
 
 class PayoutPage(msgspec.Struct, frozen=True):
@@ -117,6 +119,10 @@ class PayoutPage(msgspec.Struct, frozen=True):
 
 
 class BankStatementLine(_Request, frozen=True, forbid_unknown_fields=True):
+    """A booking on the marketplace's bank account: `amount` in minor units of the payout's
+    currency. The payout's amount is the bank paying it out; the negative of its amount is
+    the bank returning it (the payout becomes `failed` and its money available again)."""
+
     reference: BankReference
     amount: BankAmount
     booked_at: AwareDatetime
@@ -127,19 +133,65 @@ class BankStatement(_Request, frozen=True, forbid_unknown_fields=True):
 
 
 class ReconciledLine(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One statement line, or one payout the statement should have booked (``missing``)."""
+
     reference: str
-    expected: Money | None = None
-    booked: Money | None = None
+    expected: Annotated[
+        Money | None,
+        msgspec.Meta(description="The amount of the payout named by `reference`."),
+    ] = None
+    booked: Annotated[
+        Money | None,
+        msgspec.Meta(
+            description="What the bank booked, in the payout's currency; absent on a line "
+            "naming no payout, whose currency is unknown (see `booked_amount`)."
+        ),
+    ] = None
+    booked_amount: Annotated[
+        int | None,
+        msgspec.Meta(
+            description="What the bank booked, in integer minor units as the statement gave "
+            "it, on every line from the statement. On a line naming no payout it is the only "
+            "amount: the statement does not say its currency, and none is invented."
+        ),
+    ] = None
     payout_id: str | None = None
+    status: Annotated[
+        PayoutStatus | None,
+        msgspec.Meta(description="The payout's status once this statement was applied."),
+    ] = None
 
 
 class ReconciliationReport(msgspec.Struct, frozen=True):
+    """What a bank statement said about payouts, and what it changed.
+
+    ``matched``: a pending payout booked with its amount, now ``paid``.
+    ``returned``: the bank sent a payout back (a line with the negative of
+    its amount), now ``failed``; its money is available to the partner again
+    and a later payout run pays it under a new payout.
+    ``already_reconciled``: a booking or return an earlier statement already
+    recorded (a statement posted twice, or overlapping the last); moves nothing.
+    ``mismatched``: the payout's reference with another amount; the payout
+    stays as it is.  ``unexpected``: a line naming no payout, or a second
+    booking of one payout in the statement.  ``missing``: payouts still in
+    transit that no line names, made on or before ``statement_end``.
+    """
+
     id: str
     created_at: datetime
     matched: list[ReconciledLine]
     missing: list[ReconciledLine]
     unexpected: list[ReconciledLine]
     mismatched: list[ReconciledLine]
+    returned: list[ReconciledLine] = []
+    already_reconciled: list[ReconciledLine] = []
+    statement_end: Annotated[
+        datetime | None,
+        msgspec.Meta(
+            description="The statement's latest booked_at (null for an empty statement): "
+            "payouts made after it could not be on this statement and are not missing."
+        ),
+    ] = None
 
 
 class ThreeWayQuery(_Request, frozen=True, forbid_unknown_fields=True):

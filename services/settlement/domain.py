@@ -2,8 +2,8 @@
 
 No I/O.  An ``OrderBook`` is what settlement knows of one order (its charges,
 with their splits, and what of each was refunded); the functions here turn a
-charge, a refund, a fulfilment, a payout or a bank match into balanced journal
-entries.
+charge, a refund, a fulfilment, a payout, a bank match or a bank return into
+balanced journal entries.
 
 Accounts (``account``, with a partner for the partner's own ones):
 
@@ -43,8 +43,8 @@ AccountKind = Literal[
     "partner_available",
     "payouts_in_transit",
 ]
-EntryKind = Literal["charge", "refund", "release", "payout", "paid"]
-Part = Literal["gross", "fee", "share", "margin", "release", "payout", "paid"]
+EntryKind = Literal["charge", "refund", "release", "payout", "paid", "failed"]
+Part = Literal["gross", "fee", "share", "margin", "release", "payout", "paid", "failed"]
 OrderStatus = Literal["pending", "confirmed", "fulfilled", "cancelled"]
 
 PARTNER_ACCOUNTS: tuple[AccountKind, ...] = (
@@ -301,9 +301,10 @@ def _per_order_move(
     plan: PayoutPlan, source: AccountKind, target: AccountKind, part: Part
 ) -> tuple[Posting, ...]:
     postings: list[Posting] = []
+    source_partner = plan.partner_id if source in PARTNER_ACCOUNTS else None
+    target_partner = plan.partner_id if target in PARTNER_ACCOUNTS else None
     for order_id, amount in plan.items:
-        target_partner = plan.partner_id if target in PARTNER_ACCOUNTS else None
-        postings.append(Posting(source, plan.partner_id, amount, part, order_id))
+        postings.append(Posting(source, source_partner, amount, part, order_id))
         postings.append(Posting(target, target_partner, -amount, part, order_id))
     return tuple(postings)
 
@@ -328,6 +329,25 @@ def paid_entry(payout_id: str, plan: PayoutPlan, booked_at: datetime) -> Journal
         booked_at=booked_at,
         currency=plan.currency,
         postings=_per_order_move(plan, "payouts_in_transit", "cash", "paid"),
+        payout_id=payout_id,
+    )
+
+
+def failed_entry(
+    payout_id: str, plan: PayoutPlan, booked_at: datetime, *, was_paid: bool
+) -> JournalEntry:
+    """The bank returned the payout: its money goes back to the partner's available balance.
+
+    From in transit, or from cash if the bank had booked the payout first;
+    order by order, so a later payout run pays each order's money again.
+    """
+    source: AccountKind = "cash" if was_paid else "payouts_in_transit"
+    return JournalEntry(
+        entry_id=f"failed:{payout_id}",
+        kind="failed",
+        booked_at=booked_at,
+        currency=plan.currency,
+        postings=_per_order_move(plan, source, "partner_available", "failed"),
         payout_id=payout_id,
     )
 

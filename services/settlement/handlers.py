@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
-
 from services.settlement import store
 from services.settlement.domain import (
     ChargedComponent,
@@ -24,10 +22,19 @@ from services.settlement.domain import (
     RefundRecord,
     book_charge,
     book_refund,
+    failed_entry,
     paid_entry,
     payout_entry,
     plan_payouts,
     release,
+)
+from services.settlement.reconciliation import (
+    BankLine,
+    LineOutcome,
+    Outcomes,
+    StatusMove,
+    is_missing,
+    reconcile_statement,
 )
 from shared import outbox
 from shared.contracts import payouts as payout_contract
@@ -42,6 +49,7 @@ from shared.contracts.orders import (
     OrderState,
     UsageRecorded,
 )
+from shared.contracts.payouts import PayoutStatus
 from shared.db import Connection
 from shared.ids import new_id
 
@@ -230,7 +238,7 @@ async def run_payouts(conn: Connection, as_of: datetime, now: datetime) -> list[
             continue
         await store.insert_entries(conn, [payout_entry(payout_id, plan, now)])
         payout = PayoutMade(payout_id, plan.partner_id, plan.amount, plan.currency, reference)
-        await _record_payout(conn, payout, as_of, payout_contract.PayoutInitiated, None)
+        await _record_payout(conn, payout, as_of, "pending")
         made.append(payout)
     return made
 
@@ -239,9 +247,10 @@ async def _record_payout(
     conn: Connection,
     payout: PayoutMade,
     as_of: datetime,
-    event_type: type[payout_contract.PayoutInitiated] | type[payout_contract.PayoutPaid],
-    booked_at: datetime | None,
+    status: PayoutStatus,
+    at: datetime | None = None,
 ) -> None:
+    """The payout's event, in the outbox: initiated, paid (booked at ``at``) or failed."""
     state = payout_contract.PayoutState(
         payout_id=payout.payout_id,
         partner_id=payout.partner_id,
@@ -249,96 +258,63 @@ async def _record_payout(
         currency=payout.currency,
         reference=payout.reference,
         as_of=as_of,
-        status="pending" if booked_at is None else "paid",
+        status=status,
     )
-    event: Event = (
-        payout_contract.PayoutInitiated(payout=state)
-        if booked_at is None
-        else payout_contract.PayoutPaid(payout=state, booked_at=booked_at)
-    )
+    event: Event
+    if at is None:
+        event = payout_contract.PayoutInitiated(payout=state)
+    elif status == "paid":
+        event = payout_contract.PayoutPaid(payout=state, booked_at=at)
+    else:
+        event = payout_contract.PayoutFailed(payout=state, returned_at=at)
     await outbox.append(
         conn, payout_contract.TOPIC, event, key=payout.partner_id, producer=PRODUCER
     )
 
 
 @dataclass(frozen=True)
-class BankLine:
-    reference: str
-    amount: int
-    booked_at: datetime
-
-
-@dataclass(frozen=True)
-class LineOutcome:
-    reference: str
-    expected: int | None
-    booked: int | None
-    currency: str | None = None
-    payout_id: str | None = None
-
-
-@dataclass(frozen=True)
 class Reconciled:
     reconciliation_id: str
-    matched: list[LineOutcome]
+    outcomes: Outcomes
     missing: list[LineOutcome]
-    unexpected: list[LineOutcome]
-    mismatched: list[LineOutcome]
 
 
 async def reconcile(conn: Connection, lines: Sequence[BankLine]) -> Reconciled:
-    """Match a bank statement to payouts by reference; matched payouts become paid.
+    """Match a bank statement to payouts by reference; book what it says (``reconciliation``).
 
-    A payout already paid by an earlier statement is reported matched again
-    and moves no money, so the same statement twice changes nothing.  Of the
-    lines naming one payout, the first with its amount is the one compared
-    (else the first): every other is unexpected, the bank booked something
-    twice.  So the lines' order never decides whether a payout was paid.
+    A deposit of a pending payout pays it (in transit → cash); a return fails
+    it (its money back to available).  What an earlier statement already
+    recorded is reported ``already_reconciled`` and moves nothing, so the same
+    statement twice changes nothing the second time.
     """
-    found = {row["reference"]: row for row in await store.payouts_by_reference(
-        conn, sorted({line.reference for line in lines})
-    )}  # fmt: skip
-    compared: dict[str, int] = {}
-    for index, line in enumerate(lines):
-        payout = found.get(line.reference)
-        if payout is None:
-            continue
-        first = compared.setdefault(line.reference, index)
-        if line.amount == payout["amount"] and lines[first].amount != payout["amount"]:
-            compared[line.reference] = index
-    matched: list[LineOutcome] = []
-    unexpected: list[LineOutcome] = []
-    mismatched: list[LineOutcome] = []
-    seen: set[str] = set()
-    for index, line in enumerate(lines):
-        payout = found.get(line.reference)
-        if payout is None or compared[line.reference] != index:
-            unexpected.append(LineOutcome(line.reference, None, line.amount))
-            continue
-        seen.add(line.reference)
-        outcome = LineOutcome(
-            line.reference, payout["amount"], line.amount, payout["currency"], payout["payout_id"]
-        )
-        if line.amount != payout["amount"]:
-            mismatched.append(outcome)
-            continue
-        matched.append(outcome)
-        if payout["status"] == "pending":
-            await _settle_payout(conn, payout, line.booked_at)
+    payouts = await store.payouts_by_reference(conn, sorted({line.reference for line in lines}))
+    outcomes = reconcile_statement(list(lines), {p.reference: p for p in payouts})
+    for move in outcomes.moves:
+        await _book_move(conn, move)
     missing = [
-        LineOutcome(row["reference"], row["amount"], None, row["currency"], row["payout_id"])
-        for row in await store.payouts_in_transit(conn)
-        if row["reference"] not in seen
+        LineOutcome(p.reference, p.amount, None, p.currency, p.payout_id, p.status)
+        for p in await store.payouts_in_transit(conn)
+        if is_missing(p, outcomes)
     ]
-    return Reconciled(new_id("rec"), matched, missing, unexpected, mismatched)
+    return Reconciled(new_id("rec"), outcomes, missing)
 
 
-async def _settle_payout(conn: Connection, payout: asyncpg.Record, booked_at: datetime) -> None:
-    payout_id: str = payout["payout_id"]
+async def _book_move(conn: Connection, move: StatusMove) -> None:
+    """A payout paid or returned: its status, its journal entry and its event, together."""
+    payout = move.payout
     plan = PayoutPlan(
-        payout["partner_id"], payout["currency"], tuple(await store.payout_items(conn, payout_id))
+        payout.partner_id,
+        payout.currency,
+        tuple(await store.payout_items(conn, payout.payout_id)),
     )
-    await store.mark_paid(conn, payout_id, booked_at)
-    await store.insert_entries(conn, [paid_entry(payout_id, plan, booked_at)])
-    made = PayoutMade(payout_id, plan.partner_id, plan.amount, plan.currency, payout["reference"])
-    await _record_payout(conn, made, payout["as_of"], payout_contract.PayoutPaid, booked_at)
+    if move.to == "paid":
+        await store.mark_paid(conn, payout.payout_id, move.booked_at)
+        entry = paid_entry(payout.payout_id, plan, move.booked_at)
+    else:
+        await store.mark_failed(conn, payout.payout_id, move.booked_at)
+        entry = failed_entry(payout.payout_id, plan, move.booked_at, was_paid=move.was_paid)
+    await store.insert_entries(conn, [entry])
+    made = PayoutMade(
+        payout.payout_id, payout.partner_id, payout.amount, payout.currency, payout.reference
+    )
+    await _record_payout(conn, made, payout.as_of, move.to, move.booked_at)

@@ -36,6 +36,7 @@ from services.settlement.api import (
     ThreeWayQuery,
     TrialBalance,
 )
+from services.settlement.reconciliation import BankLine, LineOutcome
 from shared.clock import Clock, utc_now
 from shared.errors import NotFound
 from shared.http.api import Api, Call
@@ -163,22 +164,33 @@ def _statement_line(row: asyncpg.Record) -> StatementLine:
 
 
 def _report(reconciled: handlers.Reconciled, created_at: datetime) -> ReconciliationReport:
-    def line(outcome: handlers.LineOutcome) -> ReconciledLine:
-        currency = outcome.currency or DEFAULT_CURRENCY
+    def line(outcome: LineOutcome) -> ReconciledLine:
+        # A line naming no payout has no known currency: its amount is shown bare.
+        currency = outcome.currency
+
+        def money(amount: int | None) -> Money | None:
+            return None if amount is None or currency is None else _money(amount, currency)
+
         return ReconciledLine(
             reference=outcome.reference,
-            expected=_money(outcome.expected, currency) if outcome.expected is not None else None,
-            booked=_money(outcome.booked, currency) if outcome.booked is not None else None,
+            expected=money(outcome.expected),
+            booked=money(outcome.booked),
+            booked_amount=outcome.booked,
             payout_id=outcome.payout_id,
+            status=outcome.status,
         )
 
+    found = reconciled.outcomes
     return ReconciliationReport(
         id=reconciled.reconciliation_id,
         created_at=created_at,
-        matched=[line(o) for o in reconciled.matched],
+        matched=[line(o) for o in found.matched],
         missing=[line(o) for o in reconciled.missing],
-        unexpected=[line(o) for o in reconciled.unexpected],
-        mismatched=[line(o) for o in reconciled.mismatched],
+        unexpected=[line(o) for o in found.unexpected],
+        mismatched=[line(o) for o in found.mismatched],
+        returned=[line(o) for o in found.returned],
+        already_reconciled=[line(o) for o in found.already_reconciled],
+        statement_end=found.statement_end,
     )
 
 
@@ -343,6 +355,7 @@ def build_api(deps: SettlementHttp) -> Api:
                     status=row["status"],
                     created_at=row["created_at"],
                     paid_at=row["paid_at"],
+                    failed_at=row["failed_at"],
                 )
                 for row in page
             ],
@@ -356,7 +369,7 @@ def build_api(deps: SettlementHttp) -> Api:
     )  # fmt: skip
     async def create_reconciliation(call: Call[BankStatement, None]) -> ReconciliationReport:
         lines = [
-            handlers.BankLine(
+            BankLine(
                 line.reference,
                 line.amount,
                 _storable(f"lines[{number}].booked_at", line.booked_at),

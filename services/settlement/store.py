@@ -16,6 +16,7 @@ from services.settlement.domain import (
     OrderBook,
     RefundRecord,
 )
+from services.settlement.reconciliation import PayoutOnRecord
 from services.settlement.split import Parts, Split
 from shared.db import Connection
 
@@ -317,7 +318,8 @@ async def insert_payout(
 
 
 _PAYOUT_COLUMNS = (
-    "payout_id, partner_id, currency, amount, reference, as_of, status, created_at, paid_at"
+    "payout_id, partner_id, currency, amount, reference, as_of, status, created_at, paid_at,"
+    " failed_at"
 )
 
 
@@ -334,17 +336,23 @@ async def payouts(
     )
 
 
-async def payouts_by_reference(conn: Connection, references: Sequence[str]) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        f"SELECT {_PAYOUT_COLUMNS} FROM payouts WHERE reference = ANY($1::text[]) FOR UPDATE",
+_ON_RECORD = "payout_id, reference, partner_id, amount, currency, status, as_of, created_at"
+
+
+async def payouts_by_reference(conn: Connection, references: Sequence[str]) -> list[PayoutOnRecord]:
+    """Locked until the transaction ends: two reconciliations take turns on a payout."""
+    rows = await conn.fetch(
+        f"SELECT {_ON_RECORD} FROM payouts WHERE reference = ANY($1::text[]) FOR UPDATE",
         list(references),
     )
+    return [PayoutOnRecord(**dict(row)) for row in rows]
 
 
-async def payouts_in_transit(conn: Connection) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        f"SELECT {_PAYOUT_COLUMNS} FROM payouts WHERE status = 'pending' ORDER BY payout_id"
+async def payouts_in_transit(conn: Connection) -> list[PayoutOnRecord]:
+    rows = await conn.fetch(
+        f"SELECT {_ON_RECORD} FROM payouts WHERE status = 'pending' ORDER BY payout_id"
     )
+    return [PayoutOnRecord(**dict(row)) for row in rows]
 
 
 async def payout_items(conn: Connection, payout_id: str) -> list[tuple[str | None, int]]:
@@ -362,6 +370,14 @@ async def mark_paid(conn: Connection, payout_id: str, booked_at: datetime) -> No
         "UPDATE payouts SET status = 'paid', paid_at = $2 WHERE payout_id = $1",
         payout_id,
         booked_at,
+    )
+
+
+async def mark_failed(conn: Connection, payout_id: str, returned_at: datetime) -> None:
+    await conn.execute(
+        "UPDATE payouts SET status = 'failed', failed_at = $2 WHERE payout_id = $1",
+        payout_id,
+        returned_at,
     )
 
 

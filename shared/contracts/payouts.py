@@ -44,10 +44,21 @@ class PayoutPaid(Event, frozen=True, kw_only=True):
     booked_at: datetime
 
 
+class PayoutFailed(Event, frozen=True, kw_only=True):
+    """The bank returned the payout: its money is back in the partner's available balance.
+
+    Final: a later payout run pays that money again under a new payout.
+    """
+
+    EVENT_TYPE = "settlement.payout.failed"
+    payout: PayoutState
+    returned_at: datetime
+
+
 TOPIC = Topic(
     name="settlement.payouts",
     partitions=6,
     key_description="partner_id",
-    events=(PayoutInitiated, PayoutPaid),
+    events=(PayoutInitiated, PayoutPaid, PayoutFailed),
     retain_forever=True,
 )

@@ -57,6 +57,7 @@ VERIFIER = web.AppKey("token_verifier", TokenVerifier)
 REVOCATIONS = web.AppKey("token_revocations", RevocationCheck)
 KEY_SECRET = web.AppKey("idempotency_key_secret", KeySecret)
 PUBLIC_RATE_LIMITER = web.AppKey("public_rate_limiter", RateLimiter)
+PRINCIPAL_RATE_LIMITER = web.AppKey("principal_rate_limiter", RateLimiter)
 TIMEOUTS = web.AppKey("timeouts", Timeouts)
 
 PUBLIC: frozenset[Role] = frozenset()
@@ -269,6 +270,10 @@ def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[we
             request.app[PUBLIC_RATE_LIMITER].admit(request.remote or "unknown")
         else:
             principal = identify(request)
+            # Counted before anything costs a query. The operator is the marketplace's
+            # own tooling (payout runs, onboarding in bulk), not a tenant to keep in check.
+            if principal.role != "operator":
+                request.app[PRINCIPAL_RATE_LIMITER].admit(principal.subject)
             stale = await superseded(request, principal)
         key = request.headers.get(idempotency.HEADER) if endpoint.method == "POST" else None
         if stale and key is None:

@@ -19,6 +19,7 @@ from shared.errors import Conflict, DomainError, NotAllowed, NotFound, RuleViola
 from shared.http.api import (
     DB_POOL,
     KEY_SECRET,
+    PRINCIPAL_RATE_LIMITER,
     PUBLIC_RATE_LIMITER,
     REVOCATIONS,
     TIMEOUTS,
@@ -43,6 +44,9 @@ CORRELATION_HEADER = "X-Correlation-Id"
 _CORRELATION_SHAPE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_RATE_LIMIT = RateLimit()
+# 50 requests a second, 100 at once, per token subject: far above what a partner's
+# integration needs, far below what would crowd other tenants out of the pool.
+DEFAULT_PRINCIPAL_RATE_LIMIT = RateLimit(per_minute=3000, burst=100, per="caller")
 DEFAULT_TIMEOUTS = Timeouts()
 
 # Refusals of the body itself: what is left of it is not read, the connection closes.
@@ -70,6 +74,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     key_secret: KeySecret | None = None,
     public_rate_limit: RateLimit = DEFAULT_RATE_LIMIT,
+    principal_rate_limit: RateLimit = DEFAULT_PRINCIPAL_RATE_LIMIT,
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
 ) -> web.Application:
     """``key_secret``: replicas of one service must share it; random when not given."""
@@ -79,6 +84,7 @@ def create_app(
     app[REVOCATIONS] = revocations
     app[KEY_SECRET] = key_secret or KeySecret.random()
     app[PUBLIC_RATE_LIMITER] = RateLimiter(public_rate_limit)
+    app[PRINCIPAL_RATE_LIMITER] = RateLimiter(principal_rate_limit, bucket_of=str)
     app[TIMEOUTS] = timeouts
     app[READINESS] = list(readiness)
     app.on_response_prepare.append(_conventional_headers)

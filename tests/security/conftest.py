@@ -66,6 +66,8 @@ async def catalog(infra: Infra, token_keys: TokenKeys) -> AsyncIterator[Catalog]
         token_keys,
         public_rate_limit_per_minute=100_000,
         public_rate_limit_burst=10_000,
+        principal_rate_limit_per_minute=600_000,
+        principal_rate_limit_burst=100_000,
         http_header_timeout_seconds=HEADER_TIMEOUT,
         http_body_timeout_seconds=BODY_TIMEOUT,
     ) as running:

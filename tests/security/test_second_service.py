@@ -9,7 +9,6 @@ since every service's routes are declared the same way.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import uuid
@@ -28,6 +27,7 @@ from shared import db
 from shared.http.api import PUBLIC, Api, Call
 from shared.http.app import create_app
 from shared.http.fields import Limit, Name
+from shared.http.rate_limit import RateLimit
 from shared.migrations import PLUMBING_MIGRATIONS, migrate
 from shared.runtime import serve
 from shared.settings import Secret
@@ -177,10 +177,8 @@ async def bare(infra: Infra, token_keys: TokenKeys) -> AsyncIterator[Bare]:
             "verifier": TokenVerifier(token_keys.public_pem, Secret(token_keys.operator_token)),
             "readiness": [],
         }
-        if "public_rate_limit" in inspect.signature(create_app).parameters:
-            from shared.http.rate_limit import RateLimit
-
-            options["public_rate_limit"] = RateLimit(per_minute=60, burst=3)
+        options["public_rate_limit"] = RateLimit(per_minute=60, burst=3)
+        options["principal_rate_limit"] = RateLimit(per_minute=60, burst=5, per="caller")
         app = create_app(**options)
         port = free_port()
         stop = asyncio.Event()
@@ -270,3 +268,28 @@ async def test_the_bare_app_reads_counts_in_digits_and_refuses_odd_tokens(
         odd = {"Authorization": f"Bearer {forged(token_keys, sub='cus_a' + chr(0))}"}
         async with session.get(bare.base_url + "/v1/things", headers=odd) as reply:
             assert reply.status == 401
+
+
+async def test_the_bare_app_limits_each_caller_and_only_that_caller(
+    bare: Bare, token_keys: TokenKeys
+) -> None:
+    greedy = {"Authorization": f"Bearer {forged(token_keys, sub='cus_' + 'g' * 26)}"}
+    modest = {"Authorization": f"Bearer {forged(token_keys, sub='cus_' + 'm' * 26)}"}
+    operator = {"Authorization": f"Bearer {token_keys.operator_token}"}
+    async with aiohttp.ClientSession() as session:
+
+        async def status(headers: dict[str, str]) -> int:
+            async with session.get(bare.base_url + "/v1/things", headers=headers) as reply:
+                return reply.status
+
+        # A burst of 5 per caller, then one a second.
+        assert [await status(greedy) for _ in range(5)] == [200] * 5
+        async with session.get(bare.base_url + "/v1/things", headers=greedy) as refused:
+            assert refused.status == 429
+            assert refused.headers["Content-Type"].startswith("application/problem+json")
+            assert int(refused.headers["Retry-After"]) >= 1
+            assert "per caller" in (await refused.json())["detail"]
+        # Another caller, from the same address, is not held back by the first.
+        assert await status(modest) == 200
+        # The operator is not counted: it is refused this route, never throttled.
+        assert {await status(operator) for _ in range(10)} == {403}

@@ -278,6 +278,9 @@ def _stack_settings(stack: Stack, acceptance_deadline_seconds: float) -> dict[st
         # Short enough that a test can wait for an unanswered order to be cancelled.
         "ORDERS_ACCEPTANCE_DEADLINE_SECONDS": str(acceptance_deadline_seconds),
         "ORDERS_TIMER_POLL_SECONDS": "0.25",
+        # Load and fault tests drive one partner's token far past a tenant's fair share.
+        "MARKETPLACE_PRINCIPAL_RATE_LIMIT_PER_MINUTE": "600000",
+        "MARKETPLACE_PRINCIPAL_RATE_LIMIT_BURST": "100000",
     }
 
 

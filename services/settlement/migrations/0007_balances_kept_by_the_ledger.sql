@@ -49,11 +49,12 @@ SELECT order_id,
        coalesce(sum(amount) FILTER (WHERE account = 'cash'), 0)
   FROM postings WHERE order_id IS NOT NULL GROUP BY order_id;
 
--- The balance check (0001) read the new postings twice and found their
--- entries with a hash join over every journal entry: a scan of the whole
--- journal per chunk, growing with the ledger.  Now one aggregation per entry
--- and currency, and one index lookup per entry (LATERAL ... LIMIT 1 keeps the
--- planner from the join).  Same rule, same errors.
+-- The balance check (0001) and the closed-entry check (0005) each read the new
+-- postings again and found their entries with a hash join over every journal
+-- entry: two scans of the whole journal per chunk, growing with the ledger.
+-- Now one trigger, one aggregation per entry and currency, and one index
+-- lookup per entry (LATERAL ... LIMIT 1 keeps the planner from the join).
+-- Same rules, same errors.
 CREATE OR REPLACE FUNCTION ledger_refuse_unbalanced() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     wrong record;
@@ -63,10 +64,11 @@ BEGIN
       INTO wrong
       FROM (SELECT entry_id, currency, sum(amount) AS total FROM new_postings
              GROUP BY entry_id, currency) per_entry
-      LEFT JOIN LATERAL (SELECT e.entry_id FROM journal_entries e
+      LEFT JOIN LATERAL (SELECT e.entry_id, e.created_by_xact FROM journal_entries e
                           WHERE e.entry_id = per_entry.entry_id LIMIT 1) found ON true
      WHERE per_entry.total <> 0 OR found.entry_id IS NULL
-     ORDER BY per_entry.total <> 0 DESC
+        OR found.created_by_xact <> pg_current_xact_id()
+     ORDER BY per_entry.total <> 0 DESC, found.entry_id IS NULL DESC
      LIMIT 1;
     IF NOT FOUND THEN
         RETURN NULL;
@@ -76,10 +78,16 @@ BEGIN
             wrong.entry_id, wrong.currency, wrong.total
             USING ERRCODE = 'check_violation';
     END IF;
-    RAISE EXCEPTION 'postings name a journal entry that does not exist'
-        USING ERRCODE = 'foreign_key_violation';
+    IF wrong.missing THEN
+        RAISE EXCEPTION 'postings name a journal entry that does not exist'
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RAISE EXCEPTION 'journal entry % is closed: postings can only be added by the transaction that created it; book a correcting entry',
+        wrong.entry_id USING ERRCODE = 'insufficient_privilege';
 END
 $$;
+DROP TRIGGER postings_only_while_their_entry_is_open ON postings;
+DROP FUNCTION ledger_refuse_postings_to_closed_entries();
 
 -- Rows are upserted in key order, so two chunks committing at once lock the
 -- shared rows (the house accounts) in the same order and never deadlock.

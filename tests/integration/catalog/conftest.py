@@ -328,8 +328,11 @@ async def catalog(infra: Infra, token_keys: TokenKeys) -> AsyncIterator[Catalog]
         infra,
         token_keys,
         agreement_expiry_check_seconds=0.2,
-        # Tests sign up many customers from one address; tests/security checks the limit.
+        # Tests sign up many customers from one address and drive one token hard;
+        # tests/security checks the limits.
         public_rate_limit_per_minute=100_000,
         public_rate_limit_burst=10_000,
+        principal_rate_limit_per_minute=600_000,
+        principal_rate_limit_burst=100_000,
     ) as running:
         yield running

@@ -25,8 +25,9 @@ from services.orders.__main__ import (
     MIGRATIONS,
     TOPICS,
     OrdersSettings,
-    compose,
+    composer,
 )
+from shared.clock import Clock, utc_now
 from shared.migrations import PLUMBING_MIGRATIONS, migrate
 from shared.settings import Secret
 from tests.integration.catalog.conftest import (  # noqa: F401 - fixtures used by this package
@@ -107,6 +108,7 @@ async def start_orders(
     *,
     acceptance_deadline_seconds: float = 48 * 3600,
     timer_poll_seconds: float = 0.2,
+    clock: Clock = utc_now,
 ) -> AsyncIterator[Orders]:
     settings = OrdersSettings(
         database_url=database_url,
@@ -118,13 +120,16 @@ async def start_orders(
         shutdown_timeout_seconds=5,
         acceptance_deadline_seconds=acceptance_deadline_seconds,
         timer_poll_seconds=timer_poll_seconds,
+        # Tests drive one token hard (concurrency, fuzzing); tests/security checks the limit.
+        principal_rate_limit_per_minute=600_000,
+        principal_rate_limit_burst=100_000,
     )
     async with running_service(
         "orders",
         settings,
         migrations=MIGRATIONS,
         topics=TOPICS,
-        compose=compose,
+        compose=composer(clock),
         extra_migrations=EXTRA_MIGRATIONS,
     ) as base_url:
         yield Orders(base_url, database_url, dataclasses.replace(catalog, base_url=base_url))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -12,6 +12,7 @@ from shared.contracts import orders as o_events
 from tests.integration.catalog.conftest import Catalog
 from tests.integration.orders.conftest import Orders, publish_joint_offering, start_orders
 from tests.integration.orders.test_saga import fulfillment_events, order_events
+from tests.support.clock import MovableClock
 from tests.support.infra import Infra, temporary_database
 from tests.support.keys import TokenKeys
 from tests.support.waiting import wait_for
@@ -127,3 +128,24 @@ async def test_an_accept_after_the_deadline_never_confirms_the_order(
             assert "deadline" in late.body["detail"]
         seen = await orders.call("GET", f"/v1/orders/{order['id']}", token=customer.token)
         assert seen.expect(200)["status"] == "pending"
+
+
+async def test_the_deadline_fires_by_the_services_one_clock(
+    infra: Infra, token_keys: TokenKeys, catalog: Catalog
+) -> None:
+    # A 48-hour deadline passes in an instant when the service's clock is moved: the
+    # timer loop finds the timer due and the handler cancels as of that same clock.
+    clock = MovableClock()
+    async with (
+        temporary_database(infra, "orders_clock") as dsn,
+        start_orders(catalog, token_keys, dsn, clock=clock, timer_poll_seconds=0.05) as orders,
+    ):
+        offering = await publish_joint_offering(catalog, orders)
+        customer = await catalog.sign_up_customer()
+        placed = await orders.place(customer, [{"offering_id": offering.id, "quantity": 1}])
+        order = placed.expect(201)
+        assert datetime.fromisoformat(order["placed_at"]) == clock.now
+        clock.advance(timedelta(hours=48, seconds=1))
+        seen = await wait_until_cancelled(orders, customer.token, order["id"])
+    assert seen["cancel_reason"] == "deadline"
+    assert datetime.fromisoformat(str(seen["changed_at"])) == clock.now

@@ -61,6 +61,7 @@ async def batch_consuming(
     group_id: str | None = None,
     retry: RetryPolicy = FAST_RETRIES,
     sequencing: Sequencing | None = None,
+    parked_gauge_seconds: float = 15.0,
 ) -> AsyncIterator[BatchConsumer]:
     """Run a BatchConsumer on ``topic`` for the block."""
     name = name or unique_name("batch")
@@ -77,6 +78,7 @@ async def batch_consuming(
         group_id=group_id,
         retry=retry,
         sequencing=sequencing,
+        parked_gauge_seconds=parked_gauge_seconds,
     )
     running = asyncio.create_task(consumer.run())
     try:
@@ -266,6 +268,28 @@ async def test_strict_parks_an_event_ahead_of_a_gap_and_applies_it_in_order_once
             consumer.name,
         )
         assert position == 5
+
+
+async def test_the_parked_events_gauge_follows_what_waits_for_a_gap(
+    infra: Infra, pool: db.Pool, new_topic: NewTopic
+) -> None:
+    topic = await new_topic(partitions=1)
+    name = unique_name("gauged")
+
+    def gauge() -> float | None:
+        return REGISTRY.get_sample_value("events_parked", {"consumer": name})
+
+    async with batch_consuming(
+        infra, pool, topic, insert_effects, name=name, sequencing="strict",
+        parked_gauge_seconds=0.05,
+    ):  # fmt: skip
+        await wait_for(lambda: gauge() == 0, message="the gauge was never exported")
+        await produce_sequenced(infra, topic, [("o1", 1, 1), ("o1", 3, 3), ("o1", 4, 4)])
+        await caught_up(infra, name, topic)
+        await wait_for(lambda: gauge() == 2, message="the parked events were not counted")
+        await produce_sequenced(infra, topic, [("o1", 2, 2)])
+        await caught_up(infra, name, topic)
+        await wait_for(lambda: gauge() == 0, message="the released events were still counted")
 
 
 async def test_latest_skips_what_is_older_than_the_last_applied_and_allows_gaps(

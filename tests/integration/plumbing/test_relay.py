@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 from prometheus_client import REGISTRY
 
 from shared import db, kafka
@@ -16,7 +22,8 @@ from shared.contracts.envelope import Envelope, decode_envelope
 from shared.outbox import OutboxRelay, append
 from tests.support.events import TEST_PRODUCER, Ping, ping_topic
 from tests.support.infra import Infra, unique_name
-from tests.support.kafka import NewTopic, TopicReader
+from tests.support.kafka import NewTopic as NewTopicFixture
+from tests.support.kafka import TopicReader
 from tests.support.waiting import wait_for
 
 WRITERS = 32
@@ -45,7 +52,7 @@ async def unsent(pool: db.Pool) -> int:
 
 
 async def test_every_event_committed_by_32_concurrent_writers_is_on_the_topic_in_key_order(
-    infra: Infra, pool: db.Pool, plumbing_db: str, new_topic: NewTopic
+    infra: Infra, pool: db.Pool, plumbing_db: str, new_topic: NewTopicFixture
 ) -> None:
     """Writers commit in random order after random delays, some roll back.
 
@@ -113,7 +120,7 @@ async def test_every_event_committed_by_32_concurrent_writers_is_on_the_topic_in
 
 
 async def test_an_event_committed_while_a_pass_runs_is_relayed_without_waiting_for_a_poll(
-    infra: Infra, pool: db.Pool, plumbing_db: str, new_topic: NewTopic
+    infra: Infra, pool: db.Pool, plumbing_db: str, new_topic: NewTopicFixture
 ) -> None:
     """The pass is held open on the row lock of its first event; a second commits meanwhile.
 
@@ -155,7 +162,7 @@ async def test_an_event_committed_while_a_pass_runs_is_relayed_without_waiting_f
 
 
 async def test_one_relay_leads_and_a_stopped_leader_hands_over(
-    infra: Infra, pool: db.Pool, plumbing_db: str, new_topic: NewTopic
+    infra: Infra, pool: db.Pool, plumbing_db: str, new_topic: NewTopicFixture
 ) -> None:
     topic = ping_topic(await new_topic(partitions=1))
     other_pool = await db.create_pool(plumbing_db, min_size=1, max_size=3)
@@ -188,7 +195,7 @@ async def test_one_relay_leads_and_a_stopped_leader_hands_over(
 
 
 async def test_the_relay_exports_the_real_backlog(
-    infra: Infra, pool: db.Pool, new_topic: NewTopic
+    infra: Infra, pool: db.Pool, new_topic: NewTopicFixture
 ) -> None:
     topic = ping_topic(await new_topic(partitions=1))
     async with db.unit_of_work(pool) as conn:
@@ -217,3 +224,113 @@ async def test_the_relay_exports_the_real_backlog(
 
         await wait_for(drained, message="the exported backlog did not drain")
         assert sample("outbox_oldest_unsent_age_seconds") == 0
+
+
+SECRET = "card-4111111111111111"
+
+
+async def refusing_topic(infra: Infra) -> str:
+    """A topic whose broker refuses every message over 1 KiB; the producer allows them,
+    so each send is handed over and fails at its acknowledgement."""
+    name = unique_name("refusing", max_label=60)
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(name, 3, 1, topic_configs={"max.message.bytes": "1024"})]
+        )
+    finally:
+        await admin.close()
+    return name
+
+
+@asynccontextmanager
+async def leading_relay(
+    infra: Infra, pool: db.Pool
+) -> AsyncIterator[tuple[OutboxRelay, list[dict[str, object]]]]:
+    """A relay that leads, driven by hand, and the exceptions the loop found unretrieved."""
+    unretrieved: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+
+    def note(_: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        if "never retrieved" in str(context.get("message")):
+            unretrieved.append(context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(note)
+    producer = kafka.new_producer(infra.kafka_bootstrap, client_id=unique_name("relay"))
+    await producer.start()
+    try:
+        relay = OutboxRelay(pool, producer)
+        assert await relay._lead()
+        yield relay, unretrieved
+    finally:
+        # The producer holds on to its deliveries until it stops; collected then,
+        # an exception never retrieved is reported to the handler above.
+        await producer.stop()
+        gc.collect()
+        await asyncio.sleep(0)
+        loop.set_exception_handler(previous)
+
+
+async def refused_batch(relay: OutboxRelay) -> str:
+    try:
+        await relay.publish_batch()
+    except KafkaError as error:
+        # Not kept: its traceback would keep the deliveries from being collected.
+        return type(error).__name__
+    raise AssertionError("the batch was published")
+
+
+async def insert_rows(pool: db.Pool, topic: str, sizes: list[int]) -> None:
+    async with pool.acquire() as conn:
+        await conn.executemany(
+            "INSERT INTO outbox (event_id, topic, key, event_type, payload)"
+            " VALUES ($1, $2, $3, 'test.big', $4)",
+            [
+                (f"evt-{n}", topic, f"k{n}", (SECRET * (size // len(SECRET) + 1)).encode())
+                for n, size in enumerate(sizes)
+            ],
+        )
+
+
+def logged_errors(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [r.__dict__ for r in caplog.records if "errors" in r.__dict__]
+
+
+async def test_failed_acknowledgements_are_logged_without_their_payload(
+    infra: Infra, pool: db.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    await insert_rows(pool, await refusing_topic(infra), [4000] * 6)
+    async with leading_relay(infra, pool) as (relay, unretrieved):
+        with caplog.at_level(logging.WARNING, logger="shared.outbox"):
+            assert await refused_batch(relay) == "MessageSizeTooLargeError"
+    assert unretrieved == []
+    [failed] = logged_errors(caplog)
+    assert (failed["failed"], failed["batch"]) == (6, 6)
+    assert any("MessageSizeTooLarge" in error for error in failed["errors"])
+    assert SECRET not in caplog.text
+    assert all(SECRET not in str(record) for record in logged_errors(caplog))
+    assert await unsent(pool) == 6
+
+
+async def test_sends_of_a_batch_abandoned_midway_are_still_retrieved_and_logged(
+    infra: Infra, pool: db.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Five sends are handed over (and will be refused by the broker); the sixth is
+    # larger than the producer takes, so sending stops there and the batch is abandoned.
+    await insert_rows(pool, await refusing_topic(infra), [4000] * 5 + [2 * 1024 * 1024])
+    async with leading_relay(infra, pool) as (relay, unretrieved):
+        with caplog.at_level(logging.WARNING, logger="shared.outbox"):
+            assert await refused_batch(relay) == "MessageSizeTooLargeError"
+            await wait_for(
+                lambda: len(logged_errors(caplog)) >= 5,
+                timeout=10,
+                message="the failures of the abandoned sends were never logged",
+            )
+    assert unretrieved == []
+    assert len(logged_errors(caplog)) == 5
+    assert SECRET not in caplog.text
+    assert await unsent(pool) == 6

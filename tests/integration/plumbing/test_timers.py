@@ -7,11 +7,14 @@ real process on the real clock, with timers that were due before it started.
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 from collections import Counter
 from datetime import timedelta
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from shared import db, timers
 from shared.retry import RetryPolicy
@@ -236,3 +239,35 @@ async def test_a_loop_fires_only_the_kinds_it_handles(timer_pool: db.Pool) -> No
     loop = TimerLoop(timer_pool, {KIND: marking_handler("one")}, clock=clock)
     assert await loop.fire_due() == 0
     assert await pending(timer_pool) == 1
+
+
+async def test_due_timers_of_an_unhandled_kind_are_reported_and_block_nothing(
+    timer_pool: db.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = MovableClock()
+    orphan = f"orphaned.{uuid.uuid4().hex[:8]}"
+    async with db.unit_of_work(timer_pool) as conn:
+        # Due before the handled timer, so a loop stuck on it would never reach the other.
+        for key in ("x", "y"):
+            await timers.schedule(conn, kind=orphan, key=key, due_at=clock.now)
+        await timers.schedule(
+            conn, kind=KIND, key="handled", due_at=clock.now + timedelta(seconds=1)
+        )
+    loop = TimerLoop(
+        timer_pool, {KIND: marking_handler("one")}, clock=clock, unhandled_check_seconds=0
+    )
+    clock.advance(timedelta(seconds=2))
+    with caplog.at_level(logging.WARNING, logger="shared.timers"):
+        assert await loop.fire_due() == 1
+        assert await loop.fire_due() == 0
+    assert await fired(timer_pool) == Counter({"handled": 1})
+    warnings = [r for r in caplog.records if getattr(r, "timer_kind", None) == orphan]
+    assert len(warnings) == 1, warnings  # once per kind, not once per pass
+    assert warnings[0].levelno == logging.WARNING
+    assert REGISTRY.get_sample_value("timers_due_unhandled", {"kind": orphan}) == 2
+
+    async with db.unit_of_work(timer_pool) as conn:
+        await timers.cancel(conn, kind=orphan, key="x")
+        await timers.cancel(conn, kind=orphan, key="y")
+    await loop.fire_due()
+    assert REGISTRY.get_sample_value("timers_due_unhandled", {"kind": orphan}) == 0

@@ -258,6 +258,9 @@ async def running_settlement(
         topic_prefix=topic_prefix,
         consumer_group=consumer_group or f"settlement-{uuid.uuid4().hex[:10]}",
         shutdown_timeout_seconds=5,
+        # Tests drive one token hard; tests/security checks the limit.
+        principal_rate_limit_per_minute=600_000,
+        principal_rate_limit_burst=100_000,
     )
     async with (
         running_service(

@@ -95,6 +95,46 @@ async def test_an_unbalanced_insert_is_refused_by_the_database(ledger_pool: db.P
         assert await conn.fetchval("SELECT count(*) FROM postings") == 2
 
 
+async def test_postings_cannot_be_added_to_an_entry_after_its_transaction(
+    ledger_pool: db.Pool,
+) -> None:
+    pair = (
+        "('charge:a', {0}, 'customer_receivables', NULL, 'USD', 100, 'gross'),"
+        " ('charge:a', {1}, 'fee_revenue', NULL, 'USD', -100, 'fee')"
+    )
+    async with ledger_pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO journal_entries (entry_id, kind, booked_at)"
+            " VALUES ('charge:a', 'charge', now())"
+        )
+        await conn.execute(
+            "INSERT INTO postings (entry_id, line, account, partner_id, currency, amount, part)"
+            f" VALUES {pair.format(1, 2)}"
+        )
+        # The creating transaction may still write the entry in more than one statement.
+        await conn.execute(
+            "INSERT INTO postings (entry_id, line, account, partner_id, currency, amount, part)"
+            f" VALUES {pair.format(3, 4)}"
+        )
+    async with ledger_pool.acquire() as conn:
+        # Balanced, but a later transaction: the entry is closed.
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="charge:a is closed"):
+            await conn.execute(
+                "INSERT INTO postings (entry_id, line, account, partner_id, currency, amount, part)"
+                f" VALUES {pair.format(5, 6)}"
+            )
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="is closed"):
+            await conn.copy_records_to_table(
+                "postings",
+                records=[
+                    ("charge:a", 7, "customer_receivables", None, "USD", 5, "gross"),
+                    ("charge:a", 8, "fee_revenue", None, "USD", -5, "fee"),
+                ],
+                columns=["entry_id", "line", "account", "partner_id", "currency", "amount", "part"],
+            )
+        assert await conn.fetchval("SELECT count(*) FROM postings") == 4
+
+
 @pytest.mark.parametrize(
     "statement",
     [
@@ -316,3 +356,28 @@ async def test_balances_kept_from_a_ledger_booked_before_they_existed(
         assert (await owed(pool, owner))["available"] > 0
     finally:
         await pool.close()
+
+
+async def test_a_failed_payout_never_becomes_paid_in_the_database(ledger_pool: db.Pool) -> None:
+    owner = new_id("ptr")
+    script = OrderScript(customer_id=new_id("cus"), owner_id=owner)
+    charge = script.charge(Part(owner, "isv", 10_000), 1_000, 0)
+    earlier = NOW - timedelta(days=2)
+    await book(
+        ledger_pool,
+        [
+            at(event, earlier)
+            for event in (script.placed(1_000), script.confirmed([charge]), script.fulfilled())
+        ],
+    )
+    async with db.unit_of_work(ledger_pool) as conn:
+        await handlers.run_payouts(conn, NOW - timedelta(days=1), NOW)
+    async with ledger_pool.acquire() as conn:
+        await conn.execute("UPDATE payouts SET status = 'paid'")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="is paid: it cannot become"):
+            await conn.execute("UPDATE payouts SET status = 'pending'")
+        await conn.execute("UPDATE payouts SET status = 'failed'")
+        for status in ("paid", "pending"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="is failed"):
+                await conn.execute("UPDATE payouts SET status = $1", status)
+        assert await conn.fetchval("SELECT status FROM payouts") == "failed"

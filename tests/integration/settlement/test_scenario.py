@@ -9,7 +9,7 @@ the comments from the contract's rule and ``largest-remainder-v1``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.ids import new_id
@@ -117,11 +117,13 @@ async def test_three_partners_are_settled_paid_and_reconciled_to_the_minor_unit(
     }  # fmt: skip
 
     unexpected = f"MP-NOBODY-{new_id('x')[-8:].upper()}"
+    # The next day's statement: the payouts were sent before its bookings.
+    booked = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     statement = {
         "lines": [
-            {"reference": paid[isv]["reference"], "amount": isv_total, "booked_at": as_of},
-            {"reference": paid[msp]["reference"], "amount": msp_total - 1, "booked_at": as_of},
-            {"reference": unexpected, "amount": 1_234, "booked_at": as_of},
+            {"reference": paid[isv]["reference"], "amount": isv_total, "booked_at": booked},
+            {"reference": paid[msp]["reference"], "amount": msp_total - 1, "booked_at": booked},
+            {"reference": unexpected, "amount": 1_234, "booked_at": booked},
         ]
     }
     report = (await settlement.operator("POST", "/v1/reconciliations", body=statement)).expect(201)
@@ -133,16 +135,19 @@ async def test_three_partners_are_settled_paid_and_reconciled_to_the_minor_unit(
         "reference": paid[integrator]["reference"],
         "expected": {"amount": 43_648, "currency": "USD"},
         "payout_id": paid[integrator]["id"],
+        "status": "pending",
     }]  # fmt: skip
     assert report["mismatched"] == [{
         "reference": paid[msp]["reference"],
         "expected": {"amount": msp_total, "currency": "USD"},
         "booked": {"amount": msp_total - 1, "currency": "USD"},
+        "booked_amount": msp_total - 1,
         "payout_id": paid[msp]["id"],
+        "status": "pending",
     }]  # fmt: skip
-    assert report["unexpected"] == [
-        {"reference": unexpected, "booked": {"amount": 1_234, "currency": "USD"}}
-    ]
+    # No payout has that reference, so no currency is known: the amount is shown bare.
+    assert report["unexpected"] == [{"reference": unexpected, "booked_amount": 1_234}]
+    assert (report["returned"], report["already_reconciled"]) == ([], [])
 
     final = {
         isv: {"pending": 0, "available": 0, "in_transit": 0, "paid": isv_total},
@@ -154,7 +159,15 @@ async def test_three_partners_are_settled_paid_and_reconciled_to_the_minor_unit(
     # The same statement again moves nothing; both reports are kept.
     second = (await settlement.operator("POST", "/v1/reconciliations", body=statement)).expect(201)
     assert {p: await settlement.balance(p) for p in final} == final
-    assert second["matched"] == report["matched"]
+    # The isv's payout was paid by the first: the second says so, and matches nothing anew.
+    assert second["matched"] == []
+    assert second["already_reconciled"] == [
+        {**line, "status": "paid"} for line in report["matched"]
+    ]
+    assert (second["mismatched"], second["unexpected"]) == (
+        report["mismatched"],
+        report["unexpected"],
+    )
     kept = await settlement.operator("GET", f"/v1/reconciliations/{report['id']}")
     assert kept.expect(200) == report
 

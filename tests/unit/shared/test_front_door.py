@@ -40,7 +40,7 @@ def test_a_limit_of_zero_per_minute_is_no_limit() -> None:
 
 def test_the_limiter_forgets_the_least_recent_addresses_first() -> None:
     limiter = RateLimiter(RateLimit(per_minute=60, burst=1))
-    limiter.MAX_ADDRESSES = 2
+    limiter.MAX_CLIENTS = 2
     for address in ("a", "b", "c"):
         limiter.admit(address)
     limiter.admit("a")  # forgotten, so a fresh bucket
