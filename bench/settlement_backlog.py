@@ -44,7 +44,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from deploy.local import infra
 from services.settlement.__main__ import MIGRATIONS
-from services.settlement.consumers import OrderEventBooker, order_consumer
+from services.settlement.consumers import (
+    CONSUMER,
+    OrderEventBooker,
+    collect_garbage_for_batches,
+    order_consumer,
+)
 from services.settlement.domain import JournalEntry, OrderBook, book_charge, release
 from services.settlement.handlers import OrderEvent, _component
 from shared import kafka, runtime
@@ -62,6 +67,7 @@ from shared.contracts.orders import (
     UsageRecorded,
 )
 from shared.ids import new_id
+from shared.metrics import EVENTS_CONSUMED
 from shared.migrations import PLUMBING_MIGRATIONS, migrate
 
 FEE_BPS = 300
@@ -249,32 +255,76 @@ async def raw_insert(
         await conn.close()
 
 
-async def service_catch_up(bootstrap: str, prefix: str, dsn: str, total: int) -> float:
+@dataclass(frozen=True)
+class CatchUp:
+    seconds: float  # from the first event applied, scaled to all of them
+    python_cpu: float  # this process's CPU seconds over the whole catch-up
+    postgres_cpu: float | None  # the pool's backends' CPU seconds, when PostgreSQL is local
+
+
+_APPLIED = {"consumer": CONSUMER, "outcome": "applied"}
+
+
+def _applied() -> float:
+    """Events the ledger's consumer applied and committed (its own counter, no query)."""
+    for metric in EVENTS_CONSUMED.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.labels == _APPLIED:
+                return sample.value
+    return 0.0
+
+
+def _backend_cpu(pids: Sequence[int]) -> float | None:
+    """CPU seconds of PostgreSQL backends, read from /proc (None when not on this machine)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def service_catch_up(bootstrap: str, prefix: str, dsn: str, total: int) -> CatchUp:
     """The service's own consumer, from the first event it applied until ``total`` are.
 
     Timed from the first applied event, so joining the consumer group (seconds,
     and not what a backlog costs) is left out; the first events are counted out too.
+    Progress is read from the consumer's own counter: polling the database for
+    it cost PostgreSQL a scan of the dedupe table 20 times a second.
     """
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    pool = await asyncpg.create_pool(dsn, min_size=4, max_size=4)
     producer = kafka.new_producer(bootstrap, client_id="bench")
     await producer.start()
     consumer = order_consumer(
         booker=OrderEventBooker(FEE_BPS), bootstrap=bootstrap, topic_prefix=prefix, pool=pool,
         producer=producer, group_id=f"bench-{uuid.uuid4().hex[:8]}",
     )  # fmt: skip
+    pids: list[int] = []
+    for _ in range(4):
+        async with pool.acquire() as conn:
+            pids.append(conn.get_server_pid())
+    before, cpu = _applied(), time.process_time()
+    pg_cpu = _backend_cpu(pids)
     task = asyncio.create_task(consumer.run())
     try:
-        first: tuple[float, int] | None = None
+        first: tuple[float, float] | None = None
         while True:
-            applied = await pool.fetchval("SELECT count(*) FROM processed_events")
+            applied = _applied() - before
             if first is None and applied:
                 first = (time.perf_counter(), applied)
             if applied >= total:
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
         assert first is not None
         elapsed = time.perf_counter() - first[0]
-        return elapsed * total / max(1, total - first[1])
+        pg_after = _backend_cpu(pids)
+        return CatchUp(
+            seconds=elapsed * total / max(1, total - first[1]),
+            python_cpu=time.process_time() - cpu,
+            postgres_cpu=None if pg_cpu is None or pg_after is None else pg_after - pg_cpu,
+        )
     finally:
         consumer.stop()
         await task
@@ -314,16 +364,22 @@ async def measure(args: argparse.Namespace, where: Infra) -> None:
     await publish(where.kafka_bootstrap, topic, events)
     print(f"published {len(events):,} order events in {time.perf_counter() - started:.1f}s")
 
-    getmany = await raw_getmany(where.kafka_bootstrap, topic, len(events), args.chunk)
+    total = len(events)
+    getmany = await raw_getmany(where.kafka_bootstrap, topic, total, args.chunk)
     entries = postings_of(events)
     postings = sum(len(e.postings) for e in entries)
     async with ledger_database(where.admin_dsn, where) as dsn:
-        insert = await raw_insert(dsn, entries, args.chunk, len(events))
+        insert = await raw_insert(dsn, entries, args.chunk, total)
+    # The service under test must not pay for the bench's own 100,000 events
+    # and their entries: held, every garbage collection in the process walks them.
+    del events, entries
+    collect_garbage_for_batches()  # as the service's process does
     async with ledger_database(where.admin_dsn, where) as dsn:
         profiler = cProfile.Profile() if args.profile else None
         if profiler:
             profiler.enable()
-        settled = await service_catch_up(where.kafka_bootstrap, prefix, dsn, len(events))
+        caught_up = await service_catch_up(where.kafka_bootstrap, prefix, dsn, total)
+        settled = caught_up.seconds
         if profiler:
             profiler.disable()
         async with _connected(dsn) as conn:
@@ -335,14 +391,20 @@ async def measure(args: argparse.Namespace, where: Infra) -> None:
 
     limit = max(getmany, insert)
     balance = "zero" if not off else "OFF"
-    print(f"\n{len(events):,} order events -> {booked:,} postings booked "
+    print(f"\n{total:,} order events -> {booked:,} postings booked "
           f"({postings:,} charge/release postings in the raw insert); trial balance "
           f"{balance}; chunk {args.chunk}; {os.cpu_count()} cores shared")  # fmt: skip
-    print(f"raw getmany                 {_rate(len(events), getmany)}")
-    print(f"raw batched COPY, postings  {_rate(len(events), insert)}")
-    print(f"ledger catching up          {_rate(len(events), settled)}  "
+    print(f"raw getmany                 {_rate(total, getmany)}")
+    print(f"raw batched COPY, postings  {_rate(total, insert)}")
+    print(f"ledger catching up          {_rate(total, settled)}  "
           f"= {limit / settled:.0%} of the slower raw limit, "
           f"{(getmany + insert) / settled:.0%} of both in sequence")  # fmt: skip
+    per_event = 1e6 / total
+    pg = caught_up.postgres_cpu
+    print(f"CPU per event while catching up: the ledger's process "
+          f"{caught_up.python_cpu * per_event:.0f} us (joining the group included), "
+          + (f"its PostgreSQL backends {pg * per_event:.0f} us" if pg is not None
+             else "PostgreSQL not local"))  # fmt: skip
     if profiler:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)

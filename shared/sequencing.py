@@ -162,9 +162,14 @@ async def admit(
     keys = sorted({d.envelope.key for d in fresh if d.envelope.sequence is not None})
     if not keys:
         return Admission(list(fresh), stale=0, parked=0, released=0)
+    # One index lookup per key (the LATERAL ... LIMIT 1 keeps the planner from
+    # a join): ``key = ANY($3)`` was planned as a scan of every position of the
+    # consumer filtered by the array, a cost that grew with the topic's history
+    # (~100 ms a chunk at 60,000 orders).
     rows = await conn.fetch(
-        "SELECT key, sequence FROM consumer_positions"
-        " WHERE consumer = $1 AND topic = $2 AND key = ANY($3::text[])",
+        "SELECT p.key, p.sequence FROM unnest($3::text[]) AS wanted(key)"
+        " CROSS JOIN LATERAL (SELECT c.key, c.sequence FROM consumer_positions c"
+        "  WHERE c.consumer = $1 AND c.topic = $2 AND c.key = wanted.key LIMIT 1) p",
         consumer,
         topic,
         keys,

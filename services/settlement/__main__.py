@@ -7,7 +7,11 @@ from typing import Annotated
 
 import msgspec
 
-from services.settlement.consumers import OrderEventBooker, order_consumer
+from services.settlement.consumers import (
+    OrderEventBooker,
+    collect_garbage_for_batches,
+    order_consumer,
+)
 from services.settlement.http import SettlementHttp, build_api
 from services.settlement.split import DEFAULT_FEE_BPS, FULL_BPS
 from shared import account_generations
@@ -48,6 +52,7 @@ def composer(settings: SettlementSettings) -> Compose:
 
 
 if __name__ == "__main__":
+    collect_garbage_for_batches()
     main(
         "settlement",
         SettlementSettings,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
@@ -15,6 +16,23 @@ from shared.contracts.envelope import EventRegistry
 from shared.db import Connection, Pool
 
 CONSUMER = "settlement-ledger"
+
+
+def collect_garbage_for_batches() -> None:
+    """Tune the process's cyclic garbage collector for catching up on a backlog.
+
+    Booking a chunk allocates ~100 container objects per event (decoded
+    events, records, rows), almost none in cycles.  With the default
+    threshold (700 allocations) the collector ran every few events, and
+    each older-generation pass walked every live object (the consumer's
+    buffered records): ~15 % of the booking's CPU.  Objects alive after
+    start-up are frozen out of collections, and young collections wait
+    for 20,000 allocations.  For the service process (``__main__``) and
+    the bench that stands in for it, not for test processes.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 class OrderEventBooker:

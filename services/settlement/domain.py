@@ -54,11 +54,16 @@ PARTNER_ACCOUNTS: tuple[AccountKind, ...] = (
 )
 
 
+# The ledger's value types hold no cycles, so they are kept out of the cyclic
+# garbage collector (``gc=False``): a chunk allocates tens of thousands of them,
+# and collections triggered by them cost a quarter of the booking's CPU.
+
+
 class LedgerRefused(Exception):
     """An event settlement cannot book as it is (an over-refund, an unknown charge)."""
 
 
-class Posting(msgspec.Struct, frozen=True):
+class Posting(msgspec.Struct, frozen=True, gc=False):
     account: AccountKind
     partner_id: str | None
     amount: int
@@ -66,7 +71,7 @@ class Posting(msgspec.Struct, frozen=True):
     order_id: str | None
 
 
-class JournalEntry(msgspec.Struct, frozen=True):
+class JournalEntry(msgspec.Struct, frozen=True, gc=False):
     entry_id: str
     kind: EntryKind
     booked_at: datetime
@@ -79,7 +84,7 @@ class JournalEntry(msgspec.Struct, frozen=True):
     event_id: str | None = None
 
 
-class ChargedComponent(msgspec.Struct, frozen=True):
+class ChargedComponent(msgspec.Struct, frozen=True, gc=False):
     """One component amount a customer owes, as the orders service charged it."""
 
     charge_id: str
@@ -97,7 +102,7 @@ class ChargedComponent(msgspec.Struct, frozen=True):
     currency: str
 
 
-class ChargeRecord(msgspec.Struct, frozen=True):
+class ChargeRecord(msgspec.Struct, frozen=True, gc=False):
     """A charge with the split it was booked with: the split audit."""
 
     charge: ChargedComponent
@@ -105,7 +110,7 @@ class ChargeRecord(msgspec.Struct, frozen=True):
     charged_at: datetime
 
 
-class RefundRecord(msgspec.Struct, frozen=True):
+class RefundRecord(msgspec.Struct, frozen=True, gc=False):
     refund_id: str
     charge_id: str
     order_id: str
@@ -262,7 +267,7 @@ def release(book: OrderBook, *, booked_at: datetime, event_id: str | None) -> Jo
     )
 
 
-class PayoutPlan(msgspec.Struct, frozen=True):
+class PayoutPlan(msgspec.Struct, frozen=True, gc=False):
     """What one payout pays a partner, order by order (items sum to ``amount``)."""
 
     partner_id: str

@@ -187,8 +187,8 @@ async def insert_entries(conn: Connection, entries: Sequence[JournalEntry]) -> N
 async def partner_balances(conn: Connection, partner_id: str, currency: str) -> dict[str, int]:
     """Per partner account, what the marketplace owes the partner (credit balance, sign turned)."""
     rows = await conn.fetch(
-        "SELECT account, -sum(amount)::bigint AS owed FROM postings"
-        " WHERE partner_id = $1 AND currency = $2 GROUP BY account",
+        "SELECT account, -balance AS owed FROM account_balances"
+        " WHERE partner_id = $1 AND currency = $2",
         partner_id,
         currency,
     )
@@ -205,7 +205,7 @@ async def partner_balances(conn: Connection, partner_id: str, currency: str) -> 
 
 async def partner_currencies(conn: Connection, partner_id: str) -> list[str]:
     rows = await conn.fetch(
-        "SELECT DISTINCT currency FROM postings WHERE partner_id = $1 ORDER BY currency",
+        "SELECT DISTINCT currency FROM account_balances WHERE partner_id = $1 ORDER BY currency",
         partner_id,
     )
     return [row["currency"] for row in rows]
@@ -235,7 +235,7 @@ async def statement_lines(
           LEFT JOIN charges c ON c.charge_id = e.charge_id
           LEFT JOIN refunds r ON r.refund_id = e.refund_id
           LEFT JOIN payouts po ON po.payout_id = e.payout_id
-         WHERE p.partner_id = $1
+         WHERE p.partner_id COLLATE "C" = $1
            AND ($2::timestamptz IS NULL OR e.booked_at >= $2)
            AND ($3::timestamptz IS NULL OR e.booked_at < $3)
            AND ($4::timestamptz IS NULL OR (e.booked_at, p.entry_id, p.line) > ($4, $5, $6))
@@ -254,8 +254,8 @@ async def statement_lines(
 
 async def trial_balance(conn: Connection) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT account, partner_id, currency, sum(amount)::bigint AS balance FROM postings"
-        " GROUP BY account, partner_id, currency ORDER BY currency, account, partner_id"
+        "SELECT account, partner_id, currency, balance FROM account_balances"
+        " ORDER BY currency, account, partner_id"
     )
 
 
@@ -425,16 +425,12 @@ async def three_way(
               JOIN picked USING (order_id) GROUP BY r.order_id
         ),
         ledger AS (
-            SELECT p.order_id,
-                   sum(p.amount) FILTER (WHERE p.account = 'customer_receivables')::bigint
-                       AS receivable,
-                   -sum(p.amount) FILTER (WHERE p.account = 'fee_revenue')::bigint AS fees,
-                   -sum(p.amount) FILTER (WHERE p.account IN ('partner_pending',
-                        'partner_available', 'payouts_in_transit') OR p.account = 'cash')::bigint
+            SELECT b.order_id, b.customer_receivables AS receivable,
+                   -b.fee_revenue AS fees,
+                   -(b.partner_pending + b.partner_available + b.payouts_in_transit + b.cash)
                        AS owed_to_partners,
-                   -sum(p.amount) FILTER (WHERE p.account = 'payouts_in_transit'
-                        OR p.account = 'cash')::bigint AS paid_out
-              FROM postings p JOIN picked USING (order_id) GROUP BY p.order_id
+                   -(b.payouts_in_transit + b.cash) AS paid_out
+              FROM order_balances b JOIN picked USING (order_id)
         )
         SELECT picked.order_id, picked.currency, picked.status, picked.placed_total,
                charged.confirmed,

@@ -71,9 +71,42 @@ async def trial_balance_totals(dsn: str) -> dict[str, int]:
     return {row["currency"]: row["total"] for row in rows}
 
 
+# The balances the ledger keeps, and the same sums recomputed from the postings.
+_KEPT_BALANCES = (
+    "SELECT account, partner_id, currency, balance FROM account_balances",
+    "SELECT * FROM order_balances",
+)
+_RECOMPUTED_BALANCES = (
+    "SELECT account, partner_id, currency, sum(amount)::bigint AS balance FROM postings"
+    " GROUP BY account, partner_id, currency",
+    "SELECT order_id,"
+    + ",".join(
+        f" coalesce(sum(amount) FILTER (WHERE account = '{account}'), 0)::bigint AS {account}"
+        for account in (
+            "customer_receivables", "fee_revenue", "partner_pending", "partner_available",
+            "payouts_in_transit", "cash",
+        )
+    )
+    + " FROM postings WHERE order_id IS NOT NULL GROUP BY order_id",
+)  # fmt: skip
+
+
+async def assert_balances_follow_postings(dsn: str) -> None:
+    """What the ledger keeps per account and per order is exactly what its postings sum to."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for kept, recomputed in zip(_KEPT_BALANCES, _RECOMPUTED_BALANCES, strict=True):
+            have = sorted(map(tuple, await conn.fetch(kept)), key=repr)
+            want = sorted(map(tuple, await conn.fetch(recomputed)), key=repr)
+            assert have == want, f"kept balances differ from their postings: {kept}"
+    finally:
+        await conn.close()
+
+
 async def assert_trial_balance_zero(dsn: str) -> None:
     totals = await trial_balance_totals(dsn)
     assert all(total == 0 for total in totals.values()), f"trial balance off: {totals}"
+    await assert_balances_follow_postings(dsn)
 
 
 @pytest_asyncio.fixture(autouse=True)

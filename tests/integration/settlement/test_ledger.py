@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import msgspec
 import pytest
 
 from services.settlement import handlers, store
+from services.settlement.__main__ import MIGRATIONS
 from services.settlement.consumers import OrderEventBooker
 from shared import db
 from shared.consumer import Delivery, PermanentError
 from shared.ids import new_id
+from shared.migrations import PLUMBING_MIGRATIONS, migrate
+from tests.integration.settlement.conftest import assert_balances_follow_postings
 from tests.integration.settlement.order_events import OrderEvent, OrderScript, Part
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
@@ -155,6 +160,32 @@ async def test_written_ledger_rows_cannot_be_changed(ledger_pool: db.Pool, state
         assert await conn.fetchval("SELECT sum(abs(amount)) FROM postings") == before
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE account_balances SET balance = balance + 1",
+        "INSERT INTO account_balances VALUES ('cash', NULL, 'EUR', 5)",
+        "DELETE FROM account_balances",
+        "TRUNCATE account_balances",
+        "UPDATE order_balances SET cash = cash - 1",
+        "DELETE FROM order_balances",
+    ],
+)
+async def test_kept_balances_move_only_with_postings(ledger_pool: db.Pool, statement: str) -> None:
+    owner, _, _, isv_part, _, _ = three_partners()
+    order = OrderScript(customer_id=new_id("cus"), owner_id=owner)
+    events = [order.placed(10_000), order.confirmed([order.charge(isv_part, 10_000, 0)])]
+    await book(ledger_pool, events)
+    async with ledger_pool.acquire() as conn:
+        refused = pytest.raises(asyncpg.InsufficientPrivilegeError, match="balances follow the")
+        with refused:
+            await conn.execute(statement)
+        kept = await conn.fetchval(
+            "SELECT balance FROM account_balances WHERE account = 'customer_receivables'"
+        )
+        assert kept == 10_000
+
+
 async def test_a_chunk_books_each_partners_share_to_the_minor_unit(ledger_pool: db.Pool) -> None:
     owner, isv, integrator, isv_part, integrator_part, own_part = three_partners()
     order = OrderScript(customer_id=new_id("cus"), owner_id=owner)
@@ -271,6 +302,60 @@ async def test_a_payout_keeps_its_terms_once_made(ledger_pool: db.Pool, statemen
         )
         # Its status still moves forward, as a reconciliation does.
         await conn.execute("UPDATE payouts SET status = 'paid', paid_at = now()")
+
+
+def _order_life(parts: tuple[Part, Part, Part]) -> list[OrderEvent]:
+    isv_part, integrator_part, own_part = parts
+    order = OrderScript(customer_id=new_id("cus"), owner_id=own_part.partner_id)
+    charges = [
+        order.charge(isv_part, 99_999, 0),
+        order.charge(integrator_part, 12_345, 1),
+        order.charge(own_part, 777, 2),
+    ]
+    return [
+        order.placed(99_999 + 12_345 + 777),
+        order.confirmed(charges),
+        order.usage(own_part, 3, 7, 11),
+        order.refunded([(charges[0], 33_333)]),
+        order.fulfilled(),
+    ]
+
+
+async def test_balances_kept_from_a_ledger_booked_before_they_existed(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    """The migration that adds the kept balances fills them from the postings already booked."""
+    before = tmp_path / "migrations"
+    before.mkdir()
+    for migration in sorted(MIGRATIONS.glob("*.sql")):
+        if migration.name < "0007":
+            shutil.copy(migration, before / migration.name)
+    setup = await asyncpg.connect(fresh_database)
+    try:
+        await migrate(setup, [("plumbing", PLUMBING_MIGRATIONS), ("settlement", before)])
+    finally:
+        await setup.close()
+    pool = await db.create_pool(fresh_database, min_size=1, max_size=2)
+    try:
+        owner, _, _, *parts = three_partners()
+        await book(pool, _order_life((parts[0], parts[1], parts[2])))
+        async with db.unit_of_work(pool) as paying:
+            await handlers.run_payouts(paying, NOW + timedelta(days=3650), NOW)
+        await book(pool, _order_life((parts[0], parts[1], parts[2])))
+        async with pool.acquire() as conn:
+            owed_before = await conn.fetch(
+                "SELECT account, partner_id, currency, sum(amount)::bigint AS balance"
+                " FROM postings GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+            )
+            assert await migrate(conn, [("settlement", MIGRATIONS)]) != []
+            assert await store.trial_balance(conn) == owed_before
+        await assert_balances_follow_postings(fresh_database)
+        # Booking goes on through the kept balances.
+        await book(pool, _order_life((parts[0], parts[1], parts[2])))
+        await assert_balances_follow_postings(fresh_database)
+        assert (await owed(pool, owner))["available"] > 0
+    finally:
+        await pool.close()
 
 
 async def test_a_failed_payout_never_becomes_paid_in_the_database(ledger_pool: db.Pool) -> None:

@@ -14,6 +14,7 @@ from services.settlement.split import (
     allocate,
     split_charge,
     split_refund,
+    three_parts,
 )
 
 bps = st.integers(min_value=0, max_value=10_000)
@@ -37,6 +38,28 @@ def test_leftover_units_go_to_the_largest_remainders() -> None:
 def test_ties_go_to_the_earlier_part() -> None:
     assert allocate(1, [1, 1]) == [1, 0]
     assert allocate(2, [1, 1, 1]) == [1, 1, 0]
+
+
+@given(
+    total=st.integers(0, 10**12),
+    weights=st.tuples(*[st.integers(0, 10**8)] * 3)
+    | st.tuples(*[st.sampled_from([0, 1, 2, 3, 7])] * 3),
+)
+def test_the_unrolled_three_way_split_is_the_rule_itself(
+    total: int, weights: tuple[int, int, int]
+) -> None:
+    if sum(weights) == 0 and total:
+        with pytest.raises(SplitRefused):
+            three_parts(total, *weights)
+        return
+    assert list(three_parts(total, *weights)) == allocate(total, weights)
+
+
+def test_the_unrolled_split_breaks_every_tie_like_the_rule() -> None:
+    tied = [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 2, 1), (1, 2, 2), (2, 1, 2)]
+    for total in range(12):
+        for weights in tied:
+            assert list(three_parts(total, *weights)) == allocate(total, weights)
 
 
 def test_the_owners_own_part_has_no_margin() -> None:
