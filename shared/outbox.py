@@ -312,6 +312,10 @@ class OutboxRelay:
         try:
             elected = await conn.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK_KEY)
         except BaseException:
+            # Cut short (cancelled, timed out), the statement may still have taken the
+            # lock; the pool resets nothing on release, so only ending the session
+            # surely frees it for whichever relay stands next.
+            conn.terminate()
             await self._pool.release(conn)
             raise
         if not elected:

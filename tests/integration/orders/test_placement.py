@@ -6,14 +6,19 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
+import msgspec
 import pytest
 
+from services.orders import handlers
+from services.orders.domain import RequestedLine
 from services.orders.handlers import ACCEPTANCE_DEADLINE
 from shared.contracts import fulfillments as f_events
 from shared.contracts import orders as o_events
 from tests.integration.catalog.conftest import Catalog
 from tests.integration.orders.conftest import JointOffering, Orders, publish_joint_offering
 from tests.integration.orders.test_saga import order_events
+from tests.integration.orders.test_usage import OFFERING
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -285,3 +290,44 @@ async def test_a_placement_writes_its_rows_events_and_deadline_together(
     assert timer is not None
     assert timer["attempts"] == 0
     assert timer["due_at"] == placed["accept_by"]
+
+
+async def test_a_placement_failing_in_its_last_write_leaves_nothing_behind(
+    migrated_orders_db: str,
+) -> None:
+    """A placement opens no transaction: its one statement must commit whole or not at all."""
+    conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(migrated_orders_db)
+    try:
+        await conn.execute(
+            "INSERT INTO offering_versions (offering_id, version, owner_id, status, orderable,"
+            " currency, components, changed_at) VALUES ($1, $2, $3, 'published', true, $4,"
+            " $5::jsonb, now())",
+            OFFERING.offering_id,
+            OFFERING.version,
+            OFFERING.owner_id,
+            OFFERING.currency,
+            msgspec.json.encode(OFFERING.components).decode(),
+        )
+        # The acceptance timer is the statement's last part: the database refuses it.
+        await conn.execute(
+            "CREATE FUNCTION refuse_timer() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'no timers today'; END $$;"
+            " CREATE TRIGGER refuse_timer BEFORE INSERT ON timers"
+            " FOR EACH ROW EXECUTE FUNCTION refuse_timer()"
+        )
+        assert not conn.is_in_transaction()
+        with pytest.raises(asyncpg.RaiseError, match="no timers today"):
+            await handlers.place_order(
+                conn,
+                customer_id="cus_halfplaced",
+                lines=[RequestedLine(OFFERING.offering_id, 1)],
+                now=datetime.now(UTC),
+                acceptance_window=timedelta(hours=48),
+            )
+        left = {
+            table: await conn.fetchval(f"SELECT count(*) FROM {table}")
+            for table in ("orders", "order_lines", "fulfillments", "outbox", "timers")
+        }
+        assert left == dict.fromkeys(left, 0)
+    finally:
+        await conn.close()

@@ -360,6 +360,30 @@ async def test_concurrent_requests_with_one_key_create_one_row(widgets: Widgets)
     assert await widgets.rows_named(name) == 1
 
 
+async def test_concurrent_requests_with_an_expired_key_make_one_row_and_never_the_old_reply(
+    widgets: Widgets,
+) -> None:
+    subject, key, name = f"prt_{uuid.uuid4().hex[:8]}", unique("key"), unique("slow")
+    token = widgets.token(subject=subject)
+    status, old, _ = await widgets.post({"name": name, "size": 5}, token=token, key=key)
+    assert status == 201
+    await widgets.pool.execute(
+        "UPDATE idempotency_keys SET created_at = now() - make_interval(hours => $1)"
+        " WHERE principal = $2",
+        idempotency.RETENTION_HOURS + 1,
+        subject,
+    )
+    body = {"name": name, "size": 6}
+    results = await asyncio.gather(*(widgets.post(body, token=token, key=key) for _ in range(8)))
+    assert [status for status, _, _ in results] == [201] * 8
+    documents = {msgspec.json.encode(document) for _, document, _ in results}
+    assert len(documents) == 1
+    assert results[0][1]["id"] != old["id"]
+    replayed = [r.headers.get("Idempotent-Replayed") for _, _, r in results]
+    assert replayed.count("true") == 7
+    assert await widgets.rows_named(name) == 2
+
+
 async def test_a_failed_request_does_not_use_up_the_key(widgets: Widgets) -> None:
     token, key, name = widgets.token(), unique("key"), unique()
     status, document, response = await widgets.post(

@@ -194,6 +194,37 @@ async def test_one_relay_leads_and_a_stopped_leader_hands_over(
     assert held == 0
 
 
+async def test_an_election_cut_short_leaves_no_lock_on_a_pooled_connection(
+    infra: Infra, plumbing_db: str
+) -> None:
+    """The pool resets nothing on release: a lock the server granted to a statement whose
+    reply was never read (a cancellation, a timeout) must not stay with a pooled connection,
+    where no relay leads with it and none other can be elected while it lives."""
+    one = await db.create_pool(plumbing_db, min_size=1, max_size=1)
+    other = await db.create_pool(plumbing_db, min_size=1, max_size=1)
+    producer = kafka.new_producer(infra.kafka_bootstrap, client_id=unique_name("relay"))
+    await producer.start()
+    try:
+        cut_short = OutboxRelay(one, producer)
+        # Once through, so the lock's statement is prepared: the next election sends it at
+        # once and first waits on its reply, where it is cancelled.
+        assert await cut_short._lead()
+        await cut_short._resign()
+        electing = asyncio.create_task(cut_short._lead())
+        await asyncio.sleep(0)
+        electing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await electing
+        assert not cut_short.leading
+        rival = OutboxRelay(other, producer)
+        await wait_for(rival._lead, timeout=5, message="the cut-short election kept the lock")
+        await rival._resign()
+    finally:
+        await producer.stop()
+        await one.close()
+        await other.close()
+
+
 async def test_the_relay_exports_the_real_backlog(
     infra: Infra, pool: db.Pool, new_topic: NewTopicFixture
 ) -> None:
