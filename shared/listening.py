@@ -75,6 +75,11 @@ class Listener:
                 await conn.fetchval("SELECT 1")  # notices a dead connection promptly
         finally:
             self.listening.clear()
-            await release_undone(
-                self._pool, conn, lambda: conn.remove_listener(self.channel, self._deliver)
-            )
+
+            async def unlisten() -> None:
+                await conn.remove_listener(self.channel, self._deliver)
+                # A LISTEN cut short after the server ran it is unknown to asyncpg,
+                # which then skips its own UNLISTEN: end every one this session has.
+                await conn.execute("UNLISTEN *")
+
+            await release_undone(self._pool, conn, unlisten)

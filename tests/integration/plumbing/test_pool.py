@@ -13,6 +13,7 @@ import asyncio
 import pytest
 
 from shared import db
+from shared.listening import Listener
 
 
 async def test_a_unit_of_work_cancelled_midway_leaves_nothing_on_its_connection(
@@ -46,5 +47,23 @@ async def test_a_unit_of_work_cancelled_midway_leaves_nothing_on_its_connection(
             assert held == 0
             await conn.execute("INSERT INTO probe VALUES ('whole')")
         assert await pool.fetchval("SELECT count(*) FROM probe") == 1
+    finally:
+        await pool.close()
+
+
+async def test_a_listeners_connection_goes_back_listening_to_nothing(fresh_database: str) -> None:
+    # A LISTEN that the server ran but whose call was cut short is unknown to
+    # asyncpg; a stray LISTEN on the pool's only connection stands in for it.
+    pool = await db.create_pool(fresh_database, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("LISTEN stray")
+        listener = Listener(pool, "invalidations", lambda _payload: None, probe_seconds=0.05)
+        running = asyncio.create_task(listener.run())
+        await asyncio.wait_for(listener.listening.wait(), timeout=10)
+        listener.stop()
+        await asyncio.wait_for(running, timeout=10)
+        async with pool.acquire() as conn:
+            assert await conn.fetch("SELECT pg_listening_channels()") == []
     finally:
         await pool.close()
