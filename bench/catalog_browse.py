@@ -28,7 +28,7 @@ from pathlib import Path
 import asyncpg
 
 from bench.load import Result, run_load
-from bench.processes import wait_ready
+from bench.processes import RATE_LIMITS_LIFTED, wait_ready
 from deploy.local import infra
 from services.catalog import handlers
 from services.catalog.domain import ComponentDraft, OfferingContent, Partner
@@ -122,9 +122,7 @@ def running_stack(state: Path) -> Iterator[Stack]:
         MARKETPLACE_TOKEN_PUBLIC_KEY_FILE=str(state / "public.pem"),
         CATALOG_TOKEN_SIGNING_KEY_FILE=str(state / "signing.pem"),
         MARKETPLACE_LOG_LEVEL="WARNING",
-        # One token browses at every offered rate: the per-caller limit would cap it.
-        MARKETPLACE_PRINCIPAL_RATE_LIMIT_PER_MINUTE="600000",
-        MARKETPLACE_PRINCIPAL_RATE_LIMIT_BURST="100000",
+        **RATE_LIMITS_LIFTED,
     )
     log = (state / "catalog.log").open("wb")
     servers = [

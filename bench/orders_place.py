@@ -50,7 +50,7 @@ import aiohttp
 import asyncpg
 import msgspec
 
-from bench.processes import POOL_SIZE, stop, wait_ready
+from bench.processes import POOL_SIZE, RATE_LIMITS_LIFTED, stop, wait_ready
 from deploy.local import infra
 from services.orders import handlers
 from services.orders.__main__ import EXTRA_MIGRATIONS, MIGRATIONS
@@ -327,9 +327,7 @@ def running_stack(
         MARKETPLACE_TOKEN_PUBLIC_KEY_FILE=str(state / "public.pem"),
         MARKETPLACE_LOG_LEVEL="WARNING",
         MARKETPLACE_DB_POOL_SIZE=str(POOL_SIZE),
-        # One customer's token places every order: the per-caller limit would cap the rate.
-        MARKETPLACE_PRINCIPAL_RATE_LIMIT_PER_MINUTE="600000",
-        MARKETPLACE_PRINCIPAL_RATE_LIMIT_BURST="100000",
+        **RATE_LIMITS_LIFTED,
         # Every connection open from the start, as the bare transaction's pool has them.
         MARKETPLACE_DB_POOL_MIN_SIZE=str(POOL_SIZE),
     )

@@ -18,11 +18,21 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from shared.tokens import generate_keypair
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL_SIZE = 10  # MARKETPLACE_DB_POOL_SIZE the benches give each service
+# The rate limits out of a bench's way, for every service any bench starts.
+RATE_LIMITS_LIFTED: Final[Mapping[str, str]] = {
+    # Every client of a bench is 127.0.0.1: the per-address limit would throttle them.
+    "MARKETPLACE_PUBLIC_RATE_LIMIT_PER_MINUTE": "600000",
+    "MARKETPLACE_PUBLIC_RATE_LIMIT_BURST": "100000",
+    # One token places, browses or answers everything: the per-caller limit would cap it.
+    "MARKETPLACE_PRINCIPAL_RATE_LIMIT_PER_MINUTE": "600000",
+    "MARKETPLACE_PRINCIPAL_RATE_LIMIT_BURST": "100000",
+}
 
 
 def wait_ready(url: str, timeout: float = 60.0) -> None:
@@ -70,12 +80,7 @@ def service_env(state: Path, kafka: str, prefix: str, operator_token: str) -> di
         CATALOG_TOKEN_SIGNING_KEY_FILE=str(state / "private.pem"),
         MARKETPLACE_LOG_LEVEL=os.environ.get("MARKETPLACE_LOG_LEVEL", "WARNING"),
         MARKETPLACE_DB_POOL_SIZE=str(POOL_SIZE),
-        # Every client of a bench is 127.0.0.1: the per-address limit would throttle them.
-        MARKETPLACE_PUBLIC_RATE_LIMIT_PER_MINUTE="600000",
-        MARKETPLACE_PUBLIC_RATE_LIMIT_BURST="100000",
-        # One token places or answers everything: the per-caller limit would cap the rate.
-        MARKETPLACE_PRINCIPAL_RATE_LIMIT_PER_MINUTE="600000",
-        MARKETPLACE_PRINCIPAL_RATE_LIMIT_BURST="100000",
+        **RATE_LIMITS_LIFTED,
     )
 
 

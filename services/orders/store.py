@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -368,10 +368,26 @@ async def usage_order(conn: Connection, reporter_id: str, usage_id: str) -> str 
     return found
 
 
+# The operator's lists hold every tenant's rows: said so, never by a missing value.
+EveryTenant = Literal["every tenant"]
+EVERY_TENANT: Final[EveryTenant] = "every tenant"
+
+
 def _page_query(
-    select: str, filters: Sequence[tuple[str, object | None]], order_by: str, limit: int
+    select: str,
+    *,
+    tenant: tuple[str, str] | EveryTenant,
+    filters: Sequence[tuple[str, object | None]],
+    order_by: str,
+    limit: int,
 ) -> tuple[str, list[object]]:
-    """``select`` narrowed by the filters given a value, newest first, ``limit`` rows.
+    """``select`` for one tenant (``tenant``: its condition and id) narrowed by the filters
+    given a value, newest first, ``limit`` rows.
+
+    The tenant is not one of the optional filters: those are left out when
+    their value is None, and a tenant left out would list everyone's rows.  It
+    is required and always written (``$1``), unless the caller says
+    ``EVERY_TENANT``; an id that is not a non-empty string is refused.
 
     A filter without a value is left out of the text rather than written as
     ``$n IS NULL OR col = $n``: asyncpg prepares every statement, and after
@@ -381,6 +397,12 @@ def _page_query(
     """
     conditions: list[str] = []
     args: list[object] = []
+    if tenant != EVERY_TENANT:
+        condition, tenant_id = tenant
+        if not isinstance(tenant_id, str) or not tenant_id:
+            raise ValueError(f"a page for one tenant needs its id, not {tenant_id!r}")
+        conditions.append(condition.format("$1"))
+        args.append(tenant_id)
     for condition, value in filters:
         if value is not None:
             args.append(value)
@@ -401,9 +423,10 @@ async def customer_order_ids(
     """A customer's orders, newest first (``orders_by_customer``)."""
     sql, args = _page_query(
         "SELECT id FROM orders",
-        [("customer_id = {}", customer_id), ("status = {}", status), ("id < {}", after_id)],
-        "id DESC",
-        limit,
+        tenant=("customer_id = {}", customer_id),
+        filters=[("status = {}", status), ("id < {}", after_id)],
+        order_by="id DESC",
+        limit=limit,
     )
     return [row["id"] for row in await conn.fetch(sql, *args)]
 
@@ -423,13 +446,13 @@ async def owner_order_ids(
     # the owner has many lines would merge-join them with every order there is.
     sql, args = _page_query(
         "SELECT DISTINCT l.order_id AS id FROM order_lines l",
-        [
-            ("l.owner_id = {}", owner_id),
+        tenant=("l.owner_id = {}", owner_id),
+        filters=[
             ("(SELECT o.status FROM orders o WHERE o.id = l.order_id) = {}", status),
             ("l.order_id < {}", after_id),
         ],
-        "l.order_id DESC",
-        limit,
+        order_by="l.order_id DESC",
+        limit=limit,
     )
     return [row["id"] for row in await conn.fetch(sql, *args)]
 
@@ -439,7 +462,11 @@ async def all_order_ids(
 ) -> list[str]:
     """Every order, newest first: the operator's view."""
     sql, args = _page_query(
-        "SELECT id FROM orders", [("status = {}", status), ("id < {}", after_id)], "id DESC", limit
+        "SELECT id FROM orders",
+        tenant=EVERY_TENANT,
+        filters=[("status = {}", status), ("id < {}", after_id)],
+        order_by="id DESC",
+        limit=limit,
     )
     return [row["id"] for row in await conn.fetch(sql, *args)]
 
@@ -455,8 +482,9 @@ async def partner_fulfillment_ids(
     """(fulfilment id, order id) of one partner's fulfilments, newest first."""
     sql, args = _page_query(
         "SELECT id, order_id FROM fulfillments",
-        [("partner_id = {}", partner_id), ("status = {}", status), ("id < {}", after_id)],
-        "id DESC",
-        limit,
+        tenant=("partner_id = {}", partner_id),
+        filters=[("status = {}", status), ("id < {}", after_id)],
+        order_by="id DESC",
+        limit=limit,
     )
     return [(row["id"], row["order_id"]) for row in await conn.fetch(sql, *args)]

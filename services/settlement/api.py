@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from services.settlement.reconciliation import LineKind
 from shared.contracts.payouts import PayoutStatus
 from shared.http.fields import AwareDatetime, Cursor, Limit, ResourceId
 from shared.money import MAX_AMOUNT, CurrencyCode, Money
@@ -120,12 +121,17 @@ class PayoutPage(msgspec.Struct, frozen=True):
 
 class BankStatementLine(_Request, frozen=True, forbid_unknown_fields=True):
     """A booking on the marketplace's bank account: `amount` in minor units of the payout's
-    currency. The payout's amount is the bank paying it out; the negative of its amount is
-    the bank returning it (the payout becomes `failed` and its money available again)."""
+    currency, as the bank shows it. `kind` says what the bank did: `booked` (the default)
+    paid the payout out, and with the payout's amount pays it; `returned` sent it back,
+    and with the payout's amount (positive: the sum returned) fails it, its money available
+    again. The sign never means a return: a `booked` line with the negative of the amount
+    (banks often show outgoing transfers so) is `mismatched` and moves nothing, as is a
+    `returned` line with any amount but the payout's."""
 
     reference: BankReference
     amount: BankAmount
     booked_at: AwareDatetime
+    kind: LineKind = "booked"
 
 
 class BankStatement(_Request, frozen=True, forbid_unknown_fields=True):
@@ -160,19 +166,24 @@ class ReconciledLine(msgspec.Struct, frozen=True, omit_defaults=True):
         PayoutStatus | None,
         msgspec.Meta(description="The payout's status once this statement was applied."),
     ] = None
+    kind: Annotated[
+        LineKind,
+        msgspec.Meta(description="The statement line's `kind` (absent: `booked`)."),
+    ] = "booked"
 
 
 class ReconciliationReport(msgspec.Struct, frozen=True):
     """What a bank statement said about payouts, and what it changed.
 
     ``matched``: a pending payout booked with its amount, now ``paid``.
-    ``returned``: the bank sent a payout back (a line with the negative of
-    its amount), now ``failed``; its money is available to the partner again
-    and a later payout run pays it under a new payout.
+    ``returned``: the bank sent a payout back (a line of kind ``returned``
+    with its amount), now ``failed``; its money is available to the partner
+    again and a later payout run pays it under a new payout.
     ``already_reconciled``: a booking or return an earlier statement already
     recorded (a statement posted twice, or overlapping the last); moves nothing.
-    ``mismatched``: the payout's reference with another amount; the payout
-    stays as it is.  ``unexpected``: a line naming no payout, or a second
+    ``mismatched``: the payout's reference with another amount (the negative
+    of its amount included: a sign is never a return); the payout stays as it
+    is.  ``unexpected``: a line naming no payout, or a second
     booking of one payout in the statement.  ``missing``: payouts still in
     transit that no line names, made on or before ``statement_end``.
     """

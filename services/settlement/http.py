@@ -49,6 +49,8 @@ OPERATOR: frozenset[Role] = frozenset({"operator"})
 PARTNER_OR_OPERATOR: frozenset[Role] = frozenset({"partner", "operator"})
 DEFAULT_CURRENCY = "USD"
 _BANK_COLUMNS = ("reference", "amount", "booked_at")
+# ``kind`` (booked or returned) may follow; a blank cell is ``booked``.
+_BANK_OPTIONAL_COLUMN = "kind"
 _BANK_AMOUNT = re.compile(r"-?[0-9]{1,18}")
 # A statement line's number is a smallint in the ledger.
 _MAX_LINE = 32_767
@@ -92,7 +94,7 @@ def _own_partner(caller: Principal, partner_id: str) -> None:
 
 
 def read_bank_csv(raw: bytes) -> dict[str, Any]:
-    """A bank statement as CSV (header ``reference,amount,booked_at``) in the JSON shape."""
+    """A bank statement as CSV (header ``reference,amount,booked_at[,kind]``) in the JSON shape."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -101,20 +103,27 @@ def read_bank_csv(raw: bytes) -> dict[str, Any]:
         rows = list(csv.reader(io.StringIO(text)))
     except csv.Error as exc:
         raise bad_request(f"the CSV cannot be read: {exc}") from None
-    if not rows or tuple(cell.strip() for cell in rows[0]) != _BANK_COLUMNS:
-        raise invalid("body", f"the CSV's first row must be {','.join(_BANK_COLUMNS)}")
+    header = tuple(cell.strip() for cell in rows[0]) if rows else ()
+    if header not in (_BANK_COLUMNS, (*_BANK_COLUMNS, _BANK_OPTIONAL_COLUMN)):
+        raise invalid(
+            "body",
+            f"the CSV's first row must be {','.join(_BANK_COLUMNS)}"
+            f" (then optionally {_BANK_OPTIONAL_COLUMN})",
+        )
     lines: list[dict[str, str]] = []
     for row in rows[1:]:
         if not row:
             continue
         # Named as the JSON body would name it: blank rows are not lines.
         where = f"lines[{len(lines)}]"
-        if len(row) != len(_BANK_COLUMNS):
-            raise invalid(where, f"needs {len(_BANK_COLUMNS)} columns")
-        line = dict(zip(_BANK_COLUMNS, (cell.strip() for cell in row), strict=True))
+        if len(row) != len(header):
+            raise invalid(where, f"needs {len(header)} columns")
+        line = dict(zip(header, (cell.strip() for cell in row), strict=True))
         # Lenient conversion would read "1e3" or "١٢" as a number; a bank amount is digits.
         if not _BANK_AMOUNT.fullmatch(line["amount"]):
             raise invalid(f"{where}.amount", "must be whole minor units written in digits 0-9")
+        if line.get(_BANK_OPTIONAL_COLUMN) == "":
+            del line[_BANK_OPTIONAL_COLUMN]
         lines.append(line)
     return {"lines": lines}
 
@@ -178,6 +187,7 @@ def _report(reconciled: handlers.Reconciled, created_at: datetime) -> Reconcilia
             booked_amount=outcome.booked,
             payout_id=outcome.payout_id,
             status=outcome.status,
+            kind=outcome.kind,
         )
 
     found = reconciled.outcomes
@@ -373,6 +383,7 @@ def build_api(deps: SettlementHttp) -> Api:
                 line.reference,
                 line.amount,
                 _storable(f"lines[{number}].booked_at", line.booked_at),
+                line.kind,
             )
             for number, line in enumerate(call.body.lines)
         ]

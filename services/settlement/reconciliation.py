@@ -1,23 +1,28 @@
 """What a bank statement says about payouts (pure): each line's outcome and each status move.
 
-No I/O.  A statement line names a payout by its reference.  Per payout:
+No I/O.  A statement line names a payout by its reference, and says by its
+``kind`` whether the bank ``booked`` the payout (the default) or ``returned``
+it.  The sign of an amount never means a return: many banks export outgoing
+transfers as negative numbers, and reading those as returns would fail every
+payout in transit and pay its money again.  Per payout:
 
-* a line with the payout's amount is the bank booking it (a *deposit*): a
+* a ``booked`` line with the payout's amount is the bank paying it out: a
   pending payout is ``matched`` and becomes ``paid``;
-* a line with the negative of its amount is the bank *returning* it (a closed
-  account, a wrong IBAN — Stripe's ``payout.failed``): a pending or paid payout
-  is ``returned`` and becomes ``failed``, its money back in the partner's
-  available balance;
-* a deposit or return the payout's status already records (a statement posted
+* a ``returned`` line with the payout's amount (positive: the sum the bank
+  gives back; a closed account, a wrong IBAN — Stripe's ``payout.failed``): a
+  pending or paid payout is ``returned`` and becomes ``failed``, its money
+  back in the partner's available balance;
+* a booking or return the payout's status already records (a statement posted
   again, or overlapping an earlier one) is ``already_reconciled``: it moves
   nothing, and says so instead of claiming a new match;
-* any other amount is ``mismatched`` (the payout stays as it is);
-* a second deposit or return line for one payout, or a line naming no payout,
+* a line of either kind with any other amount — the negative of the payout's
+  amount included — is ``mismatched`` (the payout stays as it is);
+* a second booking or return line for one payout, or a line naming no payout,
   is ``unexpected``.
 
-Of the lines naming one payout, the first with its amount is the deposit
-compared (else the first that is not a return), so the lines' order never
-decides whether a payout was paid.  A failed payout never becomes paid.
+Of the lines of one kind naming one payout, the first with its amount is the
+one compared (else the first of that kind), so the lines' order never decides
+whether a payout was paid or returned.  A failed payout never becomes paid.
 
 ``missing`` are payouts still in transit after the statement that no line
 names, made on or before the statement's latest ``booked_at``: a payout sent
@@ -34,13 +39,16 @@ from typing import Literal
 from shared.contracts.payouts import PayoutStatus
 
 Move = Literal["paid", "failed"]
+# What the bank did with a payout: booked it out, or returned it.
+LineKind = Literal["booked", "returned"]
 
 
 @dataclass(frozen=True)
 class BankLine:
     reference: str
-    amount: int  # minor units of the payout's currency; negative: money back from the bank
+    amount: int  # minor units of the payout's currency, as the bank shows it
     booked_at: datetime
+    kind: LineKind = "booked"
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,7 @@ class LineOutcome:
     payout_id: str | None = None
     # The payout's status once this statement is applied.
     status: PayoutStatus | None = None
+    kind: LineKind = "booked"
 
 
 @dataclass
@@ -94,17 +103,11 @@ class Outcomes:
     statement_end: datetime | None = None
 
 
-def _chosen_lines(payout: PayoutOnRecord, lines: list[BankLine]) -> tuple[int | None, int | None]:
-    """Indexes (into ``lines``) of the deposit and the return line compared for ``payout``."""
-    deposit = returned = None
-    for index, line in enumerate(lines):
-        if line.amount == -payout.amount:
-            returned = index if returned is None else returned
-        elif deposit is None or (
-            line.amount == payout.amount and lines[deposit].amount != payout.amount
-        ):
-            deposit = index
-    return deposit, returned
+def _compared(kind: LineKind, payout: PayoutOnRecord, lines: list[BankLine]) -> int | None:
+    """Index (into ``lines``) of the ``kind`` line compared for ``payout``, if any."""
+    of_kind = [index for index, line in enumerate(lines) if line.kind == kind]
+    exact = [index for index in of_kind if lines[index].amount == payout.amount]
+    return next(iter(exact or of_kind), None)
 
 
 def reconcile_statement(lines: list[BankLine], payouts: dict[str, PayoutOnRecord]) -> Outcomes:
@@ -121,7 +124,9 @@ def reconcile_statement(lines: list[BankLine], payouts: dict[str, PayoutOnRecord
     decided: dict[int, list[LineOutcome]] = {}
     for reference, indexes in by_reference.items():
         payout = payouts[reference]
-        deposit, returned = _chosen_lines(payout, [lines[i] for i in indexes])
+        its_lines = [lines[i] for i in indexes]
+        deposit = _compared("booked", payout, its_lines)
+        returned = _compared("returned", payout, its_lines)
         if deposit is not None:
             line = lines[indexes[deposit]]
             if line.amount != payout.amount:
@@ -134,7 +139,9 @@ def reconcile_statement(lines: list[BankLine], payouts: dict[str, PayoutOnRecord
                 decided[indexes[deposit]] = out.already_reconciled
         if returned is not None:
             line = lines[indexes[returned]]
-            if status[reference] == "failed":
+            if line.amount != payout.amount:
+                decided[indexes[returned]] = out.mismatched
+            elif status[reference] == "failed":
                 decided[indexes[returned]] = out.already_reconciled
             else:
                 decided[indexes[returned]] = out.returned
@@ -145,7 +152,7 @@ def reconcile_statement(lines: list[BankLine], payouts: dict[str, PayoutOnRecord
     for index, line in enumerate(lines):
         named = payouts.get(line.reference)
         if named is None:
-            out.unexpected.append(LineOutcome(line.reference, None, line.amount))
+            out.unexpected.append(LineOutcome(line.reference, None, line.amount, kind=line.kind))
             continue
         bucket = decided.get(index, out.unexpected)
         bucket.append(
@@ -157,6 +164,7 @@ def reconcile_statement(lines: list[BankLine], payouts: dict[str, PayoutOnRecord
                 named.currency,
                 named.payout_id,
                 status[line.reference],
+                line.kind,
             )
         )
     return out

@@ -73,8 +73,9 @@ async def plans_as_prepared(
     Each execution is rolled back, so a statement that writes sees the same rows each time.
     """
     await conn.execute(f"PREPARE explained AS {sql}")
-    # EXECUTE takes values, not bind parameters.
-    call = f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE explained({', '.join(map(_literal, args))})"
+    # EXECUTE takes values, not bind parameters (and no parentheses when there are none).
+    values = f"({', '.join(map(_literal, args))})" if args else ""
+    call = f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE explained{values}"
     plans = []
     try:
         for generic in [False] * 7 + [True]:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
 import asyncpg
 import pytest
 import pytest_asyncio
 
-from services.orders import handlers
+from services.orders import handlers, store
 from shared.db import Connection
 from shared.errors import NotAllowed
-from shared.tokens import Principal
+from shared.tokens import Principal, Role
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -96,3 +97,23 @@ async def test_a_partner_lists_only_its_own_fulfillments(conn: Connection) -> No
         await handlers.list_fulfillments(
             conn, Principal("cus_ann", "customer"), status=None, after_id=None, limit=50
         )
+
+
+async def test_a_role_no_case_knows_is_refused_not_answered(conn: Connection) -> None:
+    # Role is closed (mypy proves the match exhaustive); a token that carried
+    # another would be refused rather than fail on an unbound page.
+    with pytest.raises(NotAllowed):
+        await listed(conn, Principal("aud_1", cast(Role, "auditor")))
+
+
+@pytest.mark.parametrize(
+    "tenant_list",
+    [store.customer_order_ids, store.owner_order_ids, store.partner_fulfillment_ids],
+)
+async def test_a_tenants_list_without_its_tenant_lists_nothing(
+    conn: Connection, tenant_list: Callable[..., Awaitable[list[Any]]]
+) -> None:
+    # A missing tenant id is not "no filter": it would be every tenant's rows.
+    for missing in (None, ""):
+        with pytest.raises(ValueError, match="tenant"):
+            await tenant_list(conn, cast(str, missing), status=None, after_id=None, limit=50)
