@@ -12,6 +12,7 @@ tests that a booked forgery would break.
 from __future__ import annotations
 
 import asyncpg
+import msgspec
 from aiokafka.errors import KafkaError
 
 from services.settlement.consumers import CONSUMER
@@ -88,3 +89,28 @@ async def test_a_usage_charge_above_the_money_cap_is_dead_lettered(
     refused = await dead_lettered(settlement, usage[0].event_id)
     assert await settlement.balance(owner) == NOTHING
     assert refused
+
+
+async def test_an_unnumbered_refund_after_an_orders_numbered_events_moves_nothing(
+    settlement: Settlement,
+) -> None:
+    """Orders numbers every event of an order; one without a number after them is out of order.
+
+    The consumer lets an event without a ``sequence`` through on its event id
+    alone (for messages older than numbering), so whoever can write to the topic
+    refunds a fulfilled, paid-for order with a copy of a refund that has no
+    number: the partner's balance drops though orders never refunded anything.
+    """
+    partner = new_id("ptr")
+    order = OrderScript(customer_id=new_id("cus"), owner_id=partner)
+    charge = order.charge(Part(partner, "isv", 10_000), 10_000, 0)
+    await settlement.settle([order.placed(10_000), order.confirmed([charge]), order.fulfilled()])
+    earned = await settlement.balance(partner)
+    assert earned["available"] == 9_700
+
+    envelope, refund = order.refunded([(charge, 10_000)])
+    unnumbered = msgspec.structs.replace(envelope, sequence=None)
+    await settlement.publish([(unnumbered, refund)])
+    await dead_lettered(settlement, unnumbered.event_id)
+
+    assert await settlement.balance(partner) == earned
