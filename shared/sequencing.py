@@ -21,7 +21,9 @@ releases its successors one per transaction (``take_ready``), so a successor
 that cannot apply is the one retried or dead-lettered, not the event before it.
 
 Events without a sequence (older producers, topics without one) pass through
-untouched.  The decisions are pure functions (``verdict``, ``plan``); ``admit``
+untouched, except in strict mode once their key has a numbered event applied:
+then they are out of order (numbering began after them, or they are forged) and
+skipped as stale.  The decisions are pure functions (``verdict``, ``plan``); ``admit``
 wraps them in the queries.
 """
 
@@ -93,10 +95,15 @@ def plan(
     parked_now: dict[tuple[str, int], Delivery] = {}
     for delivery in fresh:
         sequence = delivery.envelope.sequence
-        if sequence is None:
-            result.apply.append(delivery)
-            continue
         key = delivery.envelope.key
+        if sequence is None:
+            # Unnumbered events predate numbering: in strict order, one after a numbered
+            # event of its key is out of order (or forged), never a step still to apply.
+            if mode == "strict" and last.get(key):
+                result.stale += 1
+            else:
+                result.apply.append(delivery)
+            continue
         decision = verdict(mode, last.get(key, 0), sequence)
         if decision is Verdict.STALE:
             result.stale += 1
@@ -159,7 +166,10 @@ async def admit(
     ``messages`` maps event ids to the raw messages, stored when an event is
     parked; ``decode`` turns a stored message back into a ``Delivery``.
     """
-    keys = sorted({d.envelope.key for d in fresh if d.envelope.sequence is not None})
+    # Strict: unnumbered events' keys too, one after its key's numbered events is skipped.
+    keys = sorted(
+        {d.envelope.key for d in fresh if mode == "strict" or d.envelope.sequence is not None}
+    )
     if not keys:
         return Admission(list(fresh), stale=0, parked=0, released=0)
     # One index lookup per key (the LATERAL ... LIMIT 1 keeps the planner from

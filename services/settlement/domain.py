@@ -34,6 +34,7 @@ from typing import Literal
 import msgspec
 
 from services.settlement.split import NO_PARTS, Parts, Split, split_charge, split_refund
+from shared.money import MAX_AMOUNT
 
 AccountKind = Literal[
     "customer_receivables",
@@ -172,6 +173,10 @@ def book_charge(
     """Charge the customer; owe the parts (pending, or available once the order is fulfilled)."""
     if charge.charge_id in book.charges:
         raise LedgerRefused(f"charge {charge.charge_id} was already booked")
+    if not 0 <= charge.amount <= MAX_AMOUNT:
+        # Orders never charges outside the money cap: such a charge is forged or corrupt,
+        # and booked it would overflow the 64-bit accounts every later charge adds to.
+        raise LedgerRefused(f"charge {charge.charge_id} of {charge.amount} is outside the cap")
     if charge.currency != book.currency:
         raise LedgerRefused(
             f"charge {charge.charge_id} is in {charge.currency}, not {book.currency}"

@@ -116,3 +116,15 @@ def test_strict_applies_any_arrival_order_exactly_in_sequence(order: list[int], 
         parked = {"o": waiting}
     assert applied == list(range(1, 9))
     assert parked == {"o": {}}
+
+
+def test_an_unsequenced_event_after_its_keys_numbered_ones_is_stale() -> None:
+    chunk = [delivery("o", None), delivery("o", 4), delivery("o", None), delivery("q", None)]
+    decided = plan("strict", {"o": 3}, {}, chunk)
+    assert [(d.envelope.key, d.envelope.sequence) for d in decided.apply] == [("o", 4), ("q", None)]
+    assert decided.stale == 2
+
+
+def test_latest_still_applies_an_unsequenced_event_after_numbered_ones() -> None:
+    decided = plan("latest", {"a": 3}, {}, [delivery("a", None)])
+    assert sequences(decided.apply) == [None]
