@@ -31,6 +31,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import msgspec
 from aiohttp import web
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -144,11 +145,26 @@ class _Refused(Exception):
 
 
 def fingerprint(method: str, path: str, body: bytes) -> bytes:
+    """What the request asked, so that its retry in other bytes is still the same request.
+
+    A client that re-serialises on retry (another JSON library, key order,
+    whitespace) sends the same body in other bytes; like Stripe, which compares
+    parameters, a JSON body is compared by its content (keys sorted), and any
+    other body (a CSV statement) by its bytes.
+    """
     digest = hashlib.sha256()
-    for part in (method.encode(), path.encode(), body):
+    for part in (method.encode(), path.encode(), _canonical(body)):
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
     return digest.digest()
+
+
+def _canonical(body: bytes) -> bytes:
+    try:
+        content = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return b"raw:" + body
+    return b"json:" + msgspec.json.encode(content, order="sorted")
 
 
 def check_shape(key: str) -> None:
