@@ -101,7 +101,8 @@ class Call(Generic[B, Q]):
         try:
             msgspec.convert(value, ResourceId)
         except msgspec.ValidationError:
-            raise NotFound(f"{what} {value[:64]}") from None
+            # Escaped: a malformed id may hold NUL or bidi controls, echoed to a client.
+            raise NotFound(f"{what} {value[:64]!a}") from None
         return value
 
     @property

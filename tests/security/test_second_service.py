@@ -322,3 +322,20 @@ async def test_a_rotated_away_token_cannot_spend_the_fresh_tokens_rate_limit(
         assert refused[:5] == [401] * 5, refused
         assert set(refused) == {401, 429}, refused
         assert await status(fresh) == 200
+
+
+async def test_orders_never_echoes_control_characters_of_a_malformed_id(
+    orders: str, token_keys: TokenKeys
+) -> None:
+    # NUL and a right-to-left override in the path, as a client could send them.
+    raw = await raw_exchange(
+        orders,
+        b"GET /v1/orders/ord_%00%E2%80%AEevil HTTP/1.1\r\nHost: x\r\n"
+        + f"Authorization: Bearer {token_keys.operator_token}\r\n".encode()
+        + b"Connection: close\r\n\r\n",
+    )
+    assert status_of(raw) == 404
+    _, body = head_and_body(raw)
+    detail = json.loads(body)["detail"]
+    assert "\x00" not in detail
+    assert "\u202e" not in detail
