@@ -321,7 +321,7 @@ def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[we
         if body_decoder is not None and request.content_type in endpoint.readers:
             body = _read_other_media(request, endpoint, raw_body)
         elif body_decoder is not None:
-            body = _decode_body(request, body_decoder, raw_body)
+            body = _decode_body(request, body_decoder, raw_body, accepted=tuple(endpoint.readers))
         query: Any = (
             _decode_query(request, endpoint.query, integer_params) if endpoint.query else None
         )
@@ -376,13 +376,21 @@ async def _respond(
     )
 
 
-def _decode_body(request: web.Request, decoder: msgspec.json.Decoder[Any], raw_body: bytes) -> Any:
+def _decode_body(
+    request: web.Request,
+    decoder: msgspec.json.Decoder[Any],
+    raw_body: bytes,
+    *,
+    accepted: tuple[str, ...] = (),
+) -> Any:
     content_type = request.headers.get("Content-Type")
     if content_type is not None and request.content_type not in _JSON_TYPES:
+        # Name every type the endpoint reads, or a CSV-reading one misleads its client.
+        wanted = " or ".join(("application/json", *accepted))
         raise HTTPProblem(
             415,
             "Unsupported media type",
-            f"send application/json, not {request.content_type[:80]}",
+            f"send {wanted}, not {request.content_type[:80]!a}",
         )
     if request.charset is not None and request.charset.lower() not in _UTF8:
         raise HTTPProblem(415, "Unsupported media type", "JSON is read as UTF-8 only")

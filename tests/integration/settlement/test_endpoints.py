@@ -122,6 +122,17 @@ async def test_a_bank_statement_may_come_as_csv(settlement: Settlement) -> None:
     assert wrong_amount.body["errors"][0]["field"] == "lines[0].amount"
 
 
+async def test_a_statement_in_another_media_type_is_told_both_it_may_use(
+    settlement: Settlement,
+) -> None:
+    plain = await settlement.operator(
+        "POST", "/v1/reconciliations", raw=b"reference,amount\n", content_type="text/plain"
+    )
+    assert plain.status == 415
+    assert "application/json" in plain.body["detail"]
+    assert "text/csv" in plain.body["detail"]
+
+
 @pytest.mark.parametrize(
     ("path", "body", "field"),
     [
