@@ -381,3 +381,48 @@ async def test_a_failed_payout_never_becomes_paid_in_the_database(ledger_pool: d
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="is failed"):
                 await conn.execute("UPDATE payouts SET status = $1", status)
         assert await conn.fetchval("SELECT status FROM payouts") == "failed"
+
+
+async def test_a_partners_balances_are_read_by_index_among_many_partners(
+    ledger_pool: db.Pool,
+) -> None:
+    """A balance read probes the kept balances' key, never scans every partner's accounts."""
+    async with db.unit_of_work(ledger_pool) as conn:
+        # 3,000 partners, one charge each, booked by hand in one transaction.
+        await conn.execute(
+            "INSERT INTO journal_entries (entry_id, kind, booked_at)"
+            " SELECT 'charge:' || g, 'charge', now() FROM generate_series(1, 3000) g"
+        )
+        await conn.execute(
+            "INSERT INTO postings (entry_id, line, account, partner_id, currency, amount, part)"
+            " SELECT 'charge:' || g, line, account, partner, 'USD', amount, 'share'"
+            "   FROM generate_series(1, 3000) g, LATERAL (VALUES"
+            "     (1, 'customer_receivables', NULL, 300),"
+            "     (2, 'partner_pending', 'ptr_' || g, -100),"
+            "     (3, 'partner_available', 'ptr_' || g, -100),"
+            "     (4, 'payouts_in_transit', 'ptr_' || g, -100))"
+            " AS p(line, account, partner, amount)"
+        )
+    async with ledger_pool.acquire() as conn:
+        await conn.execute("ANALYZE account_balances")
+        # This backend's scans not yet reported (``pg_stat_xact_*``), before and after.
+        scans = (
+            "SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables"
+            " WHERE relname = 'account_balances'"
+        )
+        async with conn.transaction():
+            before = await conn.fetchrow(scans)
+            balances = await store.partner_balances(conn, "ptr_77", "USD")
+            currencies = await store.partner_currencies(conn, "ptr_77")
+            after = await conn.fetchrow(scans)
+    assert balances == {
+        "partner_pending": 100,
+        "partner_available": 100,
+        "payouts_in_transit": 100,
+        "paid": 0,
+    }
+    assert currencies == ["USD"]
+    assert before is not None
+    assert after is not None
+    assert after["seq_scan"] - before["seq_scan"] == 0
+    assert after["idx_scan"] > before["idx_scan"]
