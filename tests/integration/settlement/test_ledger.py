@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from shared.ids import new_id
 from shared.migrations import PLUMBING_MIGRATIONS, migrate
 from tests.integration.settlement.conftest import assert_balances_follow_postings
 from tests.integration.settlement.order_events import OrderEvent, OrderScript, Part
+from tests.support.waiting import wait_for
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -325,11 +327,7 @@ async def test_balances_kept_from_a_ledger_booked_before_they_existed(
     fresh_database: str, tmp_path: Path
 ) -> None:
     """The migration that adds the kept balances fills them from the postings already booked."""
-    before = tmp_path / "migrations"
-    before.mkdir()
-    for migration in sorted(MIGRATIONS.glob("*.sql")):
-        if migration.name < "0007":
-            shutil.copy(migration, before / migration.name)
+    before = migrations_before("0007", tmp_path / "migrations")
     setup = await asyncpg.connect(fresh_database)
     try:
         await migrate(setup, [("plumbing", PLUMBING_MIGRATIONS), ("settlement", before)])
@@ -356,6 +354,55 @@ async def test_balances_kept_from_a_ledger_booked_before_they_existed(
         assert (await owed(pool, owner))["available"] > 0
     finally:
         await pool.close()
+
+
+def migrations_before(version: str, into: Path) -> Path:
+    """The settlement migrations numbered below ``version``: the schema an older release ran."""
+    into.mkdir()
+    for migration in sorted(MIGRATIONS.glob("*.sql")):
+        if migration.name < version:
+            shutil.copy(migration, into / migration.name)
+    return into
+
+
+async def test_postings_booked_while_the_balances_migration_runs_are_kept_too(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    """A rolling upgrade: the old release still books a chunk while the new one migrates.
+
+    The migration that adds the kept balances fills them from the postings it
+    can see, then adds the trigger; a chunk committed in between must not be
+    left out of the balances for good.
+    """
+    setup = await asyncpg.connect(fresh_database)
+    try:
+        before = migrations_before("0007", tmp_path / "migrations")
+        await migrate(setup, [("plumbing", PLUMBING_MIGRATIONS), ("settlement", before)])
+    finally:
+        await setup.close()
+    _, _, _, *parts = three_partners()
+    old_release, new_release, watcher = [await asyncpg.connect(fresh_database) for _ in range(3)]
+    try:
+        booking = old_release.transaction()
+        await booking.start()
+        await OrderEventBooker(300).apply(
+            old_release,
+            [Delivery(e, event) for e, event in _order_life((parts[0], parts[1], parts[2]))],
+        )
+        migrating = asyncio.create_task(migrate(new_release, [("settlement", MIGRATIONS)]))
+        await wait_for(
+            lambda: watcher.fetchval(
+                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
+                new_release.get_server_pid(),
+            ),
+            message="the migration never waited for the old release's booking",
+        )
+        await booking.commit()
+        assert await migrating != []
+    finally:
+        for conn in (old_release, new_release, watcher):
+            await conn.close()
+    await assert_balances_follow_postings(fresh_database)
 
 
 async def test_a_failed_payout_never_becomes_paid_in_the_database(ledger_pool: db.Pool) -> None:
