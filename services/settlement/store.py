@@ -183,12 +183,17 @@ async def insert_entries(conn: Connection, entries: Sequence[JournalEntry]) -> N
 
 # Reading balances, statements and the trial balance
 
+# The kept balances' only index leads with the account kind (PostgreSQL 15
+# has no skip scan): naming a partner's three kinds makes a balance read three
+# index probes instead of a scan of every partner's accounts.
+_PARTNER_ACCOUNTS = "('partner_pending', 'partner_available', 'payouts_in_transit')"
+
 
 async def partner_balances(conn: Connection, partner_id: str, currency: str) -> dict[str, int]:
     """Per partner account, what the marketplace owes the partner (credit balance, sign turned)."""
     rows = await conn.fetch(
         "SELECT account, -balance AS owed FROM account_balances"
-        " WHERE partner_id = $1 AND currency = $2",
+        f" WHERE account IN {_PARTNER_ACCOUNTS} AND partner_id = $1 AND currency = $2",
         partner_id,
         currency,
     )
@@ -205,7 +210,8 @@ async def partner_balances(conn: Connection, partner_id: str, currency: str) -> 
 
 async def partner_currencies(conn: Connection, partner_id: str) -> list[str]:
     rows = await conn.fetch(
-        "SELECT DISTINCT currency FROM account_balances WHERE partner_id = $1 ORDER BY currency",
+        "SELECT DISTINCT currency FROM account_balances"
+        f" WHERE account IN {_PARTNER_ACCOUNTS} AND partner_id = $1 ORDER BY currency",
         partner_id,
     )
     return [row["currency"] for row in rows]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from shared.ids import new_id
 from shared.migrations import PLUMBING_MIGRATIONS, migrate
 from tests.integration.settlement.conftest import assert_balances_follow_postings
 from tests.integration.settlement.order_events import OrderEvent, OrderScript, Part
+from tests.support.waiting import wait_for
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -325,11 +327,7 @@ async def test_balances_kept_from_a_ledger_booked_before_they_existed(
     fresh_database: str, tmp_path: Path
 ) -> None:
     """The migration that adds the kept balances fills them from the postings already booked."""
-    before = tmp_path / "migrations"
-    before.mkdir()
-    for migration in sorted(MIGRATIONS.glob("*.sql")):
-        if migration.name < "0007":
-            shutil.copy(migration, before / migration.name)
+    before = migrations_before("0007", tmp_path / "migrations")
     setup = await asyncpg.connect(fresh_database)
     try:
         await migrate(setup, [("plumbing", PLUMBING_MIGRATIONS), ("settlement", before)])
@@ -358,6 +356,55 @@ async def test_balances_kept_from_a_ledger_booked_before_they_existed(
         await pool.close()
 
 
+def migrations_before(version: str, into: Path) -> Path:
+    """The settlement migrations numbered below ``version``: the schema an older release ran."""
+    into.mkdir()
+    for migration in sorted(MIGRATIONS.glob("*.sql")):
+        if migration.name < version:
+            shutil.copy(migration, into / migration.name)
+    return into
+
+
+async def test_postings_booked_while_the_balances_migration_runs_are_kept_too(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    """A rolling upgrade: the old release still books a chunk while the new one migrates.
+
+    The migration that adds the kept balances fills them from the postings it
+    can see, then adds the trigger; a chunk committed in between must not be
+    left out of the balances for good.
+    """
+    setup = await asyncpg.connect(fresh_database)
+    try:
+        before = migrations_before("0007", tmp_path / "migrations")
+        await migrate(setup, [("plumbing", PLUMBING_MIGRATIONS), ("settlement", before)])
+    finally:
+        await setup.close()
+    _, _, _, *parts = three_partners()
+    old_release, new_release, watcher = [await asyncpg.connect(fresh_database) for _ in range(3)]
+    try:
+        booking = old_release.transaction()
+        await booking.start()
+        await OrderEventBooker(300).apply(
+            old_release,
+            [Delivery(e, event) for e, event in _order_life((parts[0], parts[1], parts[2]))],
+        )
+        migrating = asyncio.create_task(migrate(new_release, [("settlement", MIGRATIONS)]))
+        await wait_for(
+            lambda: watcher.fetchval(
+                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
+                new_release.get_server_pid(),
+            ),
+            message="the migration never waited for the old release's booking",
+        )
+        await booking.commit()
+        assert await migrating != []
+    finally:
+        for conn in (old_release, new_release, watcher):
+            await conn.close()
+    await assert_balances_follow_postings(fresh_database)
+
+
 async def test_a_failed_payout_never_becomes_paid_in_the_database(ledger_pool: db.Pool) -> None:
     owner = new_id("ptr")
     script = OrderScript(customer_id=new_id("cus"), owner_id=owner)
@@ -381,3 +428,48 @@ async def test_a_failed_payout_never_becomes_paid_in_the_database(ledger_pool: d
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="is failed"):
                 await conn.execute("UPDATE payouts SET status = $1", status)
         assert await conn.fetchval("SELECT status FROM payouts") == "failed"
+
+
+async def test_a_partners_balances_are_read_by_index_among_many_partners(
+    ledger_pool: db.Pool,
+) -> None:
+    """A balance read probes the kept balances' key, never scans every partner's accounts."""
+    async with db.unit_of_work(ledger_pool) as conn:
+        # 3,000 partners, one charge each, booked by hand in one transaction.
+        await conn.execute(
+            "INSERT INTO journal_entries (entry_id, kind, booked_at)"
+            " SELECT 'charge:' || g, 'charge', now() FROM generate_series(1, 3000) g"
+        )
+        await conn.execute(
+            "INSERT INTO postings (entry_id, line, account, partner_id, currency, amount, part)"
+            " SELECT 'charge:' || g, line, account, partner, 'USD', amount, 'share'"
+            "   FROM generate_series(1, 3000) g, LATERAL (VALUES"
+            "     (1, 'customer_receivables', NULL, 300),"
+            "     (2, 'partner_pending', 'ptr_' || g, -100),"
+            "     (3, 'partner_available', 'ptr_' || g, -100),"
+            "     (4, 'payouts_in_transit', 'ptr_' || g, -100))"
+            " AS p(line, account, partner, amount)"
+        )
+    async with ledger_pool.acquire() as conn:
+        await conn.execute("ANALYZE account_balances")
+        # This backend's scans not yet reported (``pg_stat_xact_*``), before and after.
+        scans = (
+            "SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables"
+            " WHERE relname = 'account_balances'"
+        )
+        async with conn.transaction():
+            before = await conn.fetchrow(scans)
+            balances = await store.partner_balances(conn, "ptr_77", "USD")
+            currencies = await store.partner_currencies(conn, "ptr_77")
+            after = await conn.fetchrow(scans)
+    assert balances == {
+        "partner_pending": 100,
+        "partner_available": 100,
+        "payouts_in_transit": 100,
+        "paid": 0,
+    }
+    assert currencies == ["USD"]
+    assert before is not None
+    assert after is not None
+    assert after["seq_scan"] - before["seq_scan"] == 0
+    assert after["idx_scan"] > before["idx_scan"]

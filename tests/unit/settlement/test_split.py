@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.settlement.split import (
@@ -60,6 +63,44 @@ def test_the_unrolled_split_breaks_every_tie_like_the_rule() -> None:
     for total in range(12):
         for weights in tied:
             assert list(three_parts(total, *weights)) == allocate(total, weights)
+
+
+def rule_as_documented(total: int, weights: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The module doc's rule in exact rationals, written apart from ``allocate``: the oracle."""
+    exact = [Fraction(total * weight, sum(weights)) for weight in weights]
+    floors = [math.floor(part) for part in exact]
+    by_remainder = sorted(range(3), key=lambda i: (floors[i] - exact[i], i))
+    for index in by_remainder[: total - sum(floors)]:
+        floors[index] += 1
+    return floors[0], floors[1], floors[2]
+
+
+@settings(max_examples=2_000)
+@given(
+    gross=st.integers(0, 10**12) | st.integers(0, 30),
+    fee_bps=bps | st.sampled_from([0, 1, 5_000, 9_999, 10_000]),
+    share_bps=bps | st.sampled_from([0, 1, 5_000, 9_999, 10_000]),
+)
+def test_a_charge_splits_exactly_as_the_documented_rule(
+    gross: int, fee_bps: int, share_bps: int
+) -> None:
+    net = 10_000 - fee_bps
+    weights = (fee_bps * 10_000, net * share_bps, net * (10_000 - share_bps))
+    split = split_charge(gross, fee_bps=fee_bps, share_bps=share_bps)
+    assert (split.fee, split.share, split.margin) == rule_as_documented(gross, weights)
+
+
+@settings(max_examples=2_000)
+@given(
+    total=st.integers(0, 10**12) | st.integers(0, 12),
+    weights=st.tuples(*[st.integers(0, 10**8) | st.sampled_from([0, 1, 2, 3])] * 3).filter(
+        lambda w: sum(w) > 0
+    ),
+)
+def test_the_unrolled_split_is_the_documented_rule_ties_included(
+    total: int, weights: tuple[int, int, int]
+) -> None:
+    assert three_parts(total, *weights) == rule_as_documented(total, weights)
 
 
 def test_the_owners_own_part_has_no_margin() -> None:
