@@ -86,7 +86,12 @@ async def test_chunks_payout_runs_and_reconciliations_at_once_neither_deadlock_n
         instance_b = [orders.usage(old[i : i + 10]) + orders.new(4) for i in range(60, 120, 10)]
         # The bank deposits half of the payouts in transit and returns the other half.
         lines = [
-            BankLine(p.reference, p.amount if i % 2 else -p.amount, NOW + timedelta(hours=round_))
+            BankLine(
+                p.reference,
+                p.amount,
+                NOW + timedelta(hours=round_),
+                kind="booked" if i % 2 else "returned",
+            )
             for i, p in enumerate(unreconciled)
         ]
 
