@@ -177,8 +177,9 @@ def halves(items: Sequence[T]) -> tuple[Sequence[T], Sequence[T]]:
     return items[:middle], items[middle:]
 
 
-@dataclass(frozen=True)
-class _Item:
+class _Item(msgspec.Struct, frozen=True, gc=False):
+    """A consumed record and its decoded event (one per event: a Struct, outside the GC)."""
+
     record: ConsumerRecord
     delivery: Delivery
 
