@@ -42,29 +42,31 @@ class RefundLine(msgspec.Struct, frozen=True, gc=False):
     currency: str
 
 
-class OrderPlaced(Event, frozen=True, kw_only=True, gc=False):
+class _OrderStateEvent(Event, frozen=True, kw_only=True, gc=False):
+    """The events that carry the order's state: settlement reads its facts."""
+
+    order: OrderFacts
+
+
+class OrderPlaced(_OrderStateEvent, frozen=True, kw_only=True, gc=False):
     EVENT_TYPE = orders.OrderPlaced.EVENT_TYPE
     SCHEMA_VERSION = orders.OrderPlaced.SCHEMA_VERSION
-    order: OrderFacts
 
 
-class OrderConfirmed(Event, frozen=True, kw_only=True, gc=False):
+class OrderConfirmed(_OrderStateEvent, frozen=True, kw_only=True, gc=False):
     EVENT_TYPE = orders.OrderConfirmed.EVENT_TYPE
     SCHEMA_VERSION = orders.OrderConfirmed.SCHEMA_VERSION
-    order: OrderFacts
     charges: list[ChargedComponent]
 
 
-class OrderFulfilled(Event, frozen=True, kw_only=True, gc=False):
+class OrderFulfilled(_OrderStateEvent, frozen=True, kw_only=True, gc=False):
     EVENT_TYPE = orders.OrderFulfilled.EVENT_TYPE
     SCHEMA_VERSION = orders.OrderFulfilled.SCHEMA_VERSION
-    order: OrderFacts
 
 
-class OrderCancelled(Event, frozen=True, kw_only=True, gc=False):
+class OrderCancelled(_OrderStateEvent, frozen=True, kw_only=True, gc=False):
     EVENT_TYPE = orders.OrderCancelled.EVENT_TYPE
     SCHEMA_VERSION = orders.OrderCancelled.SCHEMA_VERSION
-    order: OrderFacts
 
 
 class OrderRefunded(Event, frozen=True, kw_only=True, gc=False):
