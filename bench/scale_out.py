@@ -28,8 +28,8 @@ shared (every member holding partitions).
   partitioned as ``shared/contracts/orders.py`` declares (6).  Then, per
   count, the processes start with a consumer group and a database of their
   own; timed from when the broker shows the group shared (what the first
-  member applied alone before is left out) until the ledger's processed-event
-  count holds every event.  Rounds 1, 2, 2, 1 processes; each count's fastest.
+  member applied alone before is left out) until the ledger's order positions
+  count every event.  Rounds 1, 2, 2, 1 processes; each count's fastest.
 
 Placement steps alternate between the configurations at each rate (both are
 up at once; the other one first at the next rate), and each relay drains
@@ -470,8 +470,10 @@ def best_catch_up(runs: list[SettlementRun]) -> dict[int, SettlementRun]:
 
 
 async def _applied(pool: asyncpg.Pool) -> int:
+    """Order events the ledger applied: each order's position counts its events (1, 2, 3 ...)."""
     applied: int = await pool.fetchval(
-        "SELECT count(*) FROM processed_events WHERE consumer = $1", LEDGER
+        "SELECT coalesce(sum(sequence), 0)::bigint FROM consumer_positions WHERE consumer = $1",
+        LEDGER,
     )
     return applied
 

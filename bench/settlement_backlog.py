@@ -43,6 +43,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from deploy.local import infra
+from services.settlement import order_events
 from services.settlement.__main__ import MIGRATIONS
 from services.settlement.consumers import (
     CONSUMER,
@@ -51,7 +52,7 @@ from services.settlement.consumers import (
     order_consumer,
 )
 from services.settlement.domain import JournalEntry, OrderBook, book_charge, release
-from services.settlement.handlers import OrderEvent, _component
+from services.settlement.handlers import OrderEvent
 from shared import kafka, runtime
 from shared.contracts import orders
 from shared.contracts.envelope import Topic, encode_envelope, new_envelope
@@ -209,18 +210,22 @@ def postings_of(events: Sequence[OrderEvent]) -> list[JournalEntry]:
     """The charge and release entries the ledger books for ``events`` (refunds left out)."""
     books: dict[str, OrderBook] = {}
     entries: list[JournalEntry] = []
-    for envelope, event in events:
-        if isinstance(event, OrderPlaced):
+    registry = OrderEventBooker(FEE_BPS).registry
+    for envelope, _ in events:
+        event = registry.decode(envelope)  # as the ledger reads it
+        if isinstance(event, order_events.OrderPlaced):
             o = event.order
             books[o.order_id] = OrderBook(o.order_id, o.customer_id, o.currency, "pending",
                                           o.placed_at, o.total)  # fmt: skip
-        elif isinstance(event, OrderConfirmed | UsageRecorded):
-            charges = event.charges if isinstance(event, OrderConfirmed) else [event.charge]
+        elif isinstance(event, order_events.OrderConfirmed | order_events.UsageRecorded):
+            charges = (
+                event.charges if isinstance(event, order_events.OrderConfirmed) else [event.charge]
+            )
             for c in charges:
-                _, entry = book_charge(books[c.order_id], _component(c), fee_bps=FEE_BPS,
+                _, entry = book_charge(books[c.order_id], c, fee_bps=FEE_BPS,
                                        booked_at=envelope.occurred_at, event_id=None)  # fmt: skip
                 entries.append(entry) if entry else None
-        elif isinstance(event, OrderFulfilled):
+        elif isinstance(event, order_events.OrderFulfilled):
             released = release(books[event.order.order_id], booked_at=envelope.occurred_at,
                                event_id=None)  # fmt: skip
             entries.append(released) if released else None

@@ -35,15 +35,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+import msgspec
+
 from shared.contracts.envelope import Envelope, Event
 from shared.db import Connection
 
 Sequencing = Literal["strict", "latest"]
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """One event handed to a consumer's handler, with the envelope it came in."""
+class Delivery(msgspec.Struct, frozen=True, gc=False):
+    """One event handed to a consumer's handler, with the envelope it came in.
+
+    A Struct outside the cyclic GC: one is made per event consumed (thousands a
+    chunk), and it holds no cycles (an envelope and a decoded event).
+    """
 
     envelope: Envelope
     event: Event
@@ -73,6 +78,9 @@ class Plan:
     park: list[Delivery] = field(default_factory=list)
     released: list[tuple[str, int]] = field(default_factory=list)  # parked rows now applied
     stale: int = 0
+    # Keys of the events skipped as stale (already applied, or already waiting):
+    # most are redeliveries, whose parked successors the runner releases.
+    stale_keys: list[str] = field(default_factory=list)
 
 
 def plan(
@@ -107,17 +115,19 @@ def plan(
         decision = verdict(mode, last.get(key, 0), sequence)
         if decision is Verdict.STALE:
             result.stale += 1
+            result.stale_keys.append(key)
         elif decision is Verdict.PARK:
             if sequence in waiting.setdefault(key, {}):
                 result.stale += 1  # a second event claiming a number already waiting
+                result.stale_keys.append(key)
             else:
                 waiting[key][sequence] = delivery
                 parked_now[(key, sequence)] = delivery
         else:
             result.apply.append(delivery)
             last[key] = sequence
-            if release:
-                _release_successors(key, last, waiting.get(key, {}), parked_now, result)
+            if release and key in waiting:  # most keys have nothing waiting
+                _release_successors(key, last, waiting[key], parked_now, result)
     result.positions = {key: seq for key, seq in last.items() if positions.get(key) != seq}
     result.park = list(parked_now.values())
     return result
@@ -145,6 +155,14 @@ class Admission:
     stale: int
     parked: int
     released: int
+    stale_keys: list[str] = field(default_factory=list)
+
+
+class PositionMoved(Exception):
+    """A key's position changed under this transaction (another one applied its events).
+
+    Retried: the next attempt reads the new position and skips what was applied.
+    """
 
 
 Decode = Callable[[bytes], Delivery]
@@ -197,16 +215,7 @@ async def admit(
             waiting.setdefault(row["key"], {})[row["sequence"]] = decode(row["message"])
     decided = plan(mode, positions, waiting, fresh, release=release)
     if decided.positions:
-        await conn.execute(
-            "INSERT INTO consumer_positions (consumer, topic, key, sequence)"
-            " SELECT $1, $2, unnest($3::text[]), unnest($4::bigint[])"
-            " ON CONFLICT (consumer, topic, key)"
-            " DO UPDATE SET sequence = EXCLUDED.sequence, updated_at = now()",
-            consumer,
-            topic,
-            list(decided.positions),
-            list(decided.positions.values()),
-        )
+        await _move_positions(conn, consumer, topic, positions, decided.positions)
     if decided.park:
         await conn.execute(
             "INSERT INTO parked_events (consumer, topic, key, sequence, event_id, message)"
@@ -233,7 +242,59 @@ async def admit(
         stale=decided.stale,
         parked=len(decided.park),
         released=len(decided.released),
+        stale_keys=decided.stale_keys,
     )
+
+
+async def _move_positions(
+    conn: Connection,
+    consumer: str,
+    topic: str,
+    read: dict[str, int],
+    moved: dict[str, int],
+) -> None:
+    """Write the keys' new positions, only where they are still what ``admit`` read.
+
+    The positions were read without a lock, so another transaction (a second
+    member of the group still working on a partition it lost) may have moved
+    one since.  Each update is conditional on the position read, and a key
+    read as new is inserted only if it is still new; a write that does not
+    happen raises ``PositionMoved`` and the whole transaction is retried.  A
+    concurrent writer holds the row (or its unique-index entry) until it ends,
+    so the check sees its outcome: positions are a dedupe as safe as a unique
+    row per event.  Keys in order, so two such transactions lock alike.
+    """
+    existing = sorted(key for key in moved if key in read)
+    new = sorted(key for key in moved if key not in read)
+    written = 0
+    if existing:
+        written += len(
+            await conn.fetch(
+                "UPDATE consumer_positions c SET sequence = w.sequence, updated_at = now()"
+                " FROM unnest($3::text[], $4::bigint[], $5::bigint[]) AS w(key, sequence, was)"
+                " WHERE c.consumer = $1 AND c.topic = $2 AND c.key = w.key AND c.sequence = w.was"
+                " RETURNING c.key",
+                consumer,
+                topic,
+                existing,
+                [moved[key] for key in existing],
+                [read[key] for key in existing],
+            )
+        )
+    if new:
+        written += len(
+            await conn.fetch(
+                "INSERT INTO consumer_positions (consumer, topic, key, sequence)"
+                " SELECT $1, $2, unnest($3::text[]), unnest($4::bigint[])"
+                " ON CONFLICT (consumer, topic, key) DO NOTHING RETURNING key",
+                consumer,
+                topic,
+                new,
+                [moved[key] for key in new],
+            )
+        )
+    if written != len(moved):
+        raise PositionMoved(f"{len(moved) - written} positions of {consumer} moved meanwhile")
 
 
 async def take_ready(

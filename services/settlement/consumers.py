@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 
+from services.settlement import order_events
 from services.settlement.domain import LedgerRefused
 from services.settlement.handlers import settle_order_events
 from services.settlement.split import SplitRefused
@@ -40,7 +41,8 @@ class OrderEventBooker:
 
     def __init__(self, fee_bps: int) -> None:
         self.fee_bps = fee_bps
-        self.registry = EventRegistry(orders.TOPIC.events)
+        # The orders topic's events, decoded to what the ledger reads (``order_events``).
+        self.registry = EventRegistry(order_events.EVENTS)
 
     async def apply(self, conn: Connection, deliveries: Sequence[Delivery]) -> None:
         try:

@@ -136,12 +136,16 @@ class OrderBook:
 
     def pending_by_partner(self) -> dict[str, int]:
         """What each partner is owed for this order net of refunds (share plus margin)."""
-        owed: dict[str, int] = defaultdict(int)
+        owed: dict[str, int] = {}
+        refunded = self.refunded
         for charge_id, record in self.charges.items():
-            left = record.split.parts - self.refunded.get(charge_id, NO_PARTS)
-            owed[record.charge.partner_id] += left.share
-            owed[record.charge.owner_id] += left.margin
-        return dict(owed)
+            left = record.split.parts
+            if charge_id in refunded:  # most charges are never refunded
+                left = left - refunded[charge_id]
+            charge = record.charge
+            owed[charge.partner_id] = owed.get(charge.partner_id, 0) + left.share
+            owed[charge.owner_id] = owed.get(charge.owner_id, 0) + left.margin
+        return owed
 
 
 def _partner_account(released: bool) -> AccountKind:

@@ -1,8 +1,9 @@
 """Settlement's use cases, each inside the caller's transaction.
 
-``settle_order_events`` books a chunk of order events set-wise: it loads what
-the chunk's orders need in a few queries, applies the events in memory in each
-order's sequence (``domain``), and writes every table with one statement.
+``settle_order_events`` books a chunk of order events (as ``order_events``
+decodes them) set-wise: it loads what the chunk's orders need in a few
+queries, applies the events in memory in each order's sequence (``domain``),
+and writes every table with one statement.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from datetime import datetime
 
 from services.settlement import store
 from services.settlement.domain import (
-    ChargedComponent,
     ChargeRecord,
     JournalEntry,
     LedgerRefused,
@@ -28,6 +28,15 @@ from services.settlement.domain import (
     plan_payouts,
     release,
 )
+from services.settlement.order_events import (
+    OrderCancelled,
+    OrderConfirmed,
+    OrderFacts,
+    OrderFulfilled,
+    OrderPlaced,
+    OrderRefunded,
+    UsageRecorded,
+)
 from services.settlement.reconciliation import (
     BankLine,
     LineOutcome,
@@ -39,16 +48,6 @@ from services.settlement.reconciliation import (
 from shared import outbox
 from shared.contracts import payouts as payout_contract
 from shared.contracts.envelope import Envelope, Event
-from shared.contracts.orders import (
-    Charge,
-    OrderCancelled,
-    OrderConfirmed,
-    OrderFulfilled,
-    OrderPlaced,
-    OrderRefunded,
-    OrderState,
-    UsageRecorded,
-)
 from shared.contracts.payouts import PayoutStatus
 from shared.db import Connection
 from shared.ids import new_id
@@ -70,25 +69,7 @@ def order_id_of(event: Event) -> str:
     raise LedgerRefused(f"{type(event).__name__} is not an order event")
 
 
-def _component(charge: Charge) -> ChargedComponent:
-    return ChargedComponent(
-        charge_id=charge.charge_id,
-        kind=charge.kind,
-        order_id=charge.order_id,
-        line_id=charge.line_id,
-        offering_id=charge.offering_id,
-        component_index=charge.component_index,
-        owner_id=charge.owner_id,
-        partner_id=charge.partner_id,
-        role=charge.role,
-        agreement_id=charge.agreement_id,
-        share_bps=charge.share_bps,
-        amount=charge.amount,
-        currency=charge.currency,
-    )
-
-
-def _book_of(order: OrderState) -> OrderBook:
+def _book_of(order: OrderFacts) -> OrderBook:
     return OrderBook(
         order_id=order.order_id,
         customer_id=order.customer_id,
@@ -127,11 +108,7 @@ def _apply(
     if isinstance(event, OrderConfirmed):
         assert book is not None
         for charge in event.charges:
-            booked.add(
-                *book_charge(
-                    book, _component(charge), fee_bps=fee_bps, booked_at=at, event_id=event_id
-                )
-            )
+            booked.add(*book_charge(book, charge, fee_bps=fee_bps, booked_at=at, event_id=event_id))
     elif isinstance(event, OrderFulfilled):
         assert book is not None
         entry = release(book, booked_at=at, event_id=event_id)
@@ -148,9 +125,7 @@ def _apply(
                 placed_total=0,
             )
         booked.add(
-            *book_charge(
-                book, _component(event.charge), fee_bps=fee_bps, booked_at=at, event_id=event_id
-            )
+            *book_charge(book, event.charge, fee_bps=fee_bps, booked_at=at, event_id=event_id)
         )
     elif isinstance(event, OrderRefunded):
         if book is None:

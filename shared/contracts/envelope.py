@@ -19,7 +19,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     SCHEMA_VERSION: ClassVar[int] = 1
 
 
-class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    # Outside the cyclic GC (``gc=False``): only strings, numbers and the raw
+    # payload, so never in a cycle, and consumers hold thousands at once.
     event_id: str
     type: str
     schema_version: int

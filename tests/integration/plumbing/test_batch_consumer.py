@@ -8,6 +8,9 @@
 * "strict": an event ahead of a gap is parked, not applied, and applies (in
   order) once the gap fills; stale and duplicated sequence numbers are skipped;
 * "latest": an event older than the last applied for its key is skipped.
+* "strict" dedupes sequenced events by their key's position, not by a row
+  per event: a whole topic read again applies nothing twice, and a position
+  moved by a concurrent transaction makes the other one retry.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
+import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
 
 from shared import db, kafka
 from shared.consumer import BatchConsumer, Delivery, RetryPolicy
 from shared.contracts.envelope import EventRegistry
-from shared.sequencing import Sequencing, parked_events
+from shared.sequencing import PositionMoved, Sequencing, admit, parked_events
 from tests.support.consuming import (
     caught_up,
     count_effects,
@@ -345,13 +349,9 @@ async def test_strict_releases_what_waits_when_the_gap_filler_is_redelivered(
     async with batch_consuming(infra, pool, topic, insert_effects, sequencing="strict") as c:
         await produce_sequenced(infra, topic, [("o1", 2, 2)])
         await caught_up(infra, c.name, topic)
-        # What that crash leaves behind: 1 recorded and its position, 2 still parked.
+        # What that crash leaves behind: 1's position (a strict consumer's dedupe
+        # for a sequenced event), 2 still parked.
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2)",
-                c.name,
-                one[2].event_id,
-            )
             await conn.execute(
                 "INSERT INTO consumer_positions (consumer, topic, key, sequence)"
                 " VALUES ($1, $2, 'o1', 1)",
@@ -363,3 +363,92 @@ async def test_strict_releases_what_waits_when_the_gap_filler_is_redelivered(
         async with pool.acquire() as conn:
             assert await parked_events(conn, c.name) == []
     assert [row["n"] for row in await pool.fetch("SELECT n FROM effects")] == [2]
+
+
+async def test_strict_dedupes_sequenced_events_by_position_alone(
+    infra: Infra, pool: db.Pool, new_topic: NewTopic
+) -> None:
+    """Redelivered, duplicated and replayed sequenced events change nothing, without dedupe rows.
+
+    An event without a sequence still gets its dedupe row and is applied once.
+    """
+    topic = await new_topic(partitions=2)
+    steps = [(f"o{k}", sequence, 10 * k + sequence) for k in range(5) for sequence in (1, 2, 3)]
+    name = unique_name("positions")
+    async with batch_consuming(infra, pool, topic, insert_effects, name=name, sequencing="strict"):
+        await produce_sequenced(infra, topic, steps)
+        # A duplicate of o0's 2 (same event id) and an unsequenced event.
+        duplicate = ping_message(2, "o0", 2)
+        await produce(
+            infra.kafka_bootstrap,
+            topic,
+            [duplicate[:2], duplicate[:2], ping_message(100, "o0")[:2]],
+        )
+        await caught_up(infra, name, topic)
+    assert await count_effects(pool) == 15 + 1
+    # Every offset again, as after lost offsets or a replay from offset 0.
+    async with batch_consuming(
+        infra, pool, topic, insert_effects, name=name, group_id=f"{name}-again",
+        sequencing="strict",
+    ):  # fmt: skip
+        await caught_up(infra, f"{name}-again", topic)
+    assert await count_effects(pool) == 15 + 1
+    rows = await pool.fetchval("SELECT count(*) FROM processed_events WHERE consumer = $1", name)
+    assert rows == 1  # the unsequenced event's alone
+    assert consumed(name, "applied") == 15 + 1
+    assert consumed(name, "stale") >= 1 + 15  # the claim on o0's 2, then the whole replay
+
+
+@pytest.mark.parametrize("known", [False, True], ids=["new key", "known key"])
+async def test_a_position_moved_by_a_concurrent_transaction_makes_the_other_retry(
+    pool: db.Pool, known: bool
+) -> None:
+    """Two members applying the same event at once (one still working on a partition it lost).
+
+    The second waits for the first's position write; when the first commits,
+    the second's conditional write finds the position moved and raises
+    ``PositionMoved`` (retried by the consumer) instead of applying it twice.
+    """
+    first = 2 if known else 1
+    if known:
+        await pool.execute(
+            "INSERT INTO consumer_positions (consumer, topic, key, sequence)"
+            " VALUES ('racing', 't', 'o1', 1)"
+        )
+    envelope = ping_message(first, "o1", first)[2]
+    delivery = Delivery(envelope, Ping(n=first))
+
+    async def admitting(conn: db.Connection) -> None:
+        admission = await admit(
+            conn, consumer="racing", topic="t", mode="strict", fresh=[delivery],
+            messages={}, decode=lambda _: delivery,
+        )  # fmt: skip
+        assert admission.apply == [delivery]
+
+    async with pool.acquire() as one, pool.acquire() as two:
+        first_transaction, second_transaction = one.transaction(), two.transaction()
+        await first_transaction.start()
+        await admitting(one)
+        await second_transaction.start()
+        second = asyncio.create_task(admitting(two))
+        await wait_for(
+            lambda: waiting_on_a_lock(pool, two.get_server_pid()),
+            message="the second transaction did not wait for the first",
+        )
+        assert not second.done()
+        await first_transaction.commit()
+        # The first committed: the second finds the position moved.
+        with pytest.raises(PositionMoved):
+            await second
+        await second_transaction.rollback()
+    assert (
+        await pool.fetchval("SELECT sequence FROM consumer_positions WHERE consumer = 'racing'")
+        == first
+    )
+
+
+async def waiting_on_a_lock(pool: db.Pool, pid: int) -> bool:
+    waiting: bool = await pool.fetchval(
+        "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid
+    )
+    return waiting

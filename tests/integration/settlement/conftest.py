@@ -36,7 +36,7 @@ from services.settlement.__main__ import (
 from services.settlement.consumers import CONSUMER
 from shared import db
 from shared.contracts import orders
-from shared.contracts.envelope import encode_envelope
+from shared.contracts.envelope import Envelope, encode_envelope
 from shared.migrations import PLUMBING_MIGRATIONS, migrate
 from shared.outbox import kafka_headers
 from shared.settings import Secret
@@ -192,7 +192,7 @@ class Settlement:
     async def settle(self, events: Sequence[OrderEvent], within: float = 30) -> None:
         """Publish and wait until the ledger consumer has applied every one of them."""
         await self.publish(events)
-        await wait_until_settled(self.database_url, [e.event_id for e, _ in events], within)
+        await wait_until_settled(self.database_url, [e for e, _ in events], within)
 
     async def balance(self, partner_id: str) -> dict[str, int]:
         reply = await self.operator("GET", f"/v1/balances/{partner_id}")
@@ -220,18 +220,31 @@ async def publish_order_events(bootstrap: str, topic: str, events: Sequence[Orde
         await producer.stop()
 
 
-async def wait_until_settled(dsn: str, event_ids: Sequence[str], within: float = 30) -> None:
+async def wait_until_settled(dsn: str, envelopes: Sequence[Envelope], within: float = 30) -> None:
+    """Until the ledger's consumer has taken every event: applied, or parked behind a gap.
+
+    A sequenced event is applied once its order's position reached its number
+    (the consumer keeps no dedupe row for it); one without a sequence has its row.
+    """
     conn = await asyncpg.connect(dsn)
     try:
 
         async def applied() -> bool:
             found = await conn.fetchval(
-                "SELECT count(*) FROM processed_events WHERE consumer = $1"
-                " AND event_id = ANY($2::text[])",
+                "SELECT count(DISTINCT e.event_id)"
+                " FROM unnest($2::text[], $3::text[], $4::bigint[]) AS e(event_id, key, sequence)"
+                " WHERE CASE WHEN e.sequence IS NULL THEN EXISTS (SELECT 1 FROM processed_events p"
+                "   WHERE p.consumer = $1 AND p.event_id = e.event_id)"
+                " ELSE EXISTS (SELECT 1 FROM consumer_positions c WHERE c.consumer = $1"
+                "   AND c.key = e.key AND c.sequence >= e.sequence)"
+                " OR EXISTS (SELECT 1 FROM parked_events p WHERE p.consumer = $1"
+                "   AND p.event_id = e.event_id) END",
                 CONSUMER,
-                list(event_ids),
+                [e.event_id for e in envelopes],
+                [e.key for e in envelopes],
+                [e.sequence for e in envelopes],
             )
-            return bool(found == len(set(event_ids)))
+            return bool(found == len({e.event_id for e in envelopes}))
 
         await wait_for(applied, timeout=within, message="the ledger did not apply the events")
     finally:

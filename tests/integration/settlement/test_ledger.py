@@ -39,7 +39,9 @@ def three_partners() -> tuple[str, str, str, Part, Part, Part]:
 
 async def book(pool: db.Pool, events: list[OrderEvent]) -> None:
     async with db.unit_of_work(pool) as conn:
-        await OrderEventBooker(300).apply(conn, [Delivery(e, event) for e, event in events])
+        # Decoded as the consumer decodes them: what the ledger reads of each event.
+        booker = OrderEventBooker(300)
+        await booker.apply(conn, [Delivery(e, booker.registry.decode(e)) for e, _ in events])
 
 
 async def owed(pool: db.Pool, partner_id: str) -> dict[str, int]:

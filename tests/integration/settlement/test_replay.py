@@ -88,7 +88,7 @@ async def test_replaying_the_orders_topic_rebuilds_the_same_ledger(
     partners = [new_id("ptr") for _ in range(4)]
     events = history(partners, 60)
     prefix = f"t{uuid.uuid4().hex[:10]}."
-    event_ids = [envelope.event_id for envelope, _ in events]
+    envelopes = [envelope for envelope, _ in events]
     async with temporary_database(infra, "replay_a") as first_db:
         async with running_settlement(
             infra,
@@ -98,7 +98,7 @@ async def test_replaying_the_orders_topic_rebuilds_the_same_ledger(
             consumer_group="a1",
         ) as first:
             await publish_order_events(infra.kafka_bootstrap, prefix + orders.TOPIC.name, events)
-            await wait_until_settled(first_db, event_ids, within=60)
+            await wait_until_settled(first_db, envelopes, within=60)
             original = await snapshot(first, partners)
         assert any(original[partner][0]["available"] for partner in partners)
         assert len(original["three_way"]["items"]) == 60
@@ -111,7 +111,7 @@ async def test_replaying_the_orders_topic_rebuilds_the_same_ledger(
                 topic_prefix=prefix,
                 consumer_group="b1",
             ) as rebuilt:
-                await wait_until_settled(fresh_db, event_ids, within=60)
+                await wait_until_settled(fresh_db, envelopes, within=60)
                 assert await snapshot(rebuilt, partners) == original
             await assert_trial_balance_zero(fresh_db)
 
@@ -131,6 +131,6 @@ async def test_replaying_the_orders_topic_rebuilds_the_same_ledger(
             consumer_group="a2",
         ) as again:
             await caught_up(again, "a2")
-            await wait_until_settled(first_db, event_ids, within=60)
+            await wait_until_settled(first_db, envelopes, within=60)
             assert await snapshot(again, partners) == original
         await assert_trial_balance_zero(first_db)
