@@ -33,8 +33,9 @@ from services.settlement.__main__ import (
     SettlementSettings,
     composer,
 )
-from services.settlement.consumers import CONSUMER
+from services.settlement.consumers import CONSUMER, OrderEventBooker
 from shared import db
+from shared.consumer import Delivery
 from shared.contracts import orders
 from shared.contracts.envelope import Envelope, encode_envelope
 from shared.migrations import PLUMBING_MIGRATIONS, migrate
@@ -308,3 +309,15 @@ async def settlement(infra: Infra, token_keys: TokenKeys) -> AsyncIterator[Settl
                 yield service
         finally:
             _LEDGERS.discard(dsn)
+
+
+def as_consumed(events: Sequence[OrderEvent]) -> list[Delivery]:
+    """``events`` decoded as the ledger's consumer decodes them: what the ledger reads of each."""
+    registry = OrderEventBooker(300).registry
+    return [Delivery(envelope, registry.decode(envelope)) for envelope, _ in events]
+
+
+async def book(pool: db.Pool, events: Sequence[OrderEvent]) -> None:
+    """Book ``events`` in one unit of work, as one chunk of the ledger's consumer."""
+    async with db.unit_of_work(pool) as conn:
+        await OrderEventBooker(300).apply(conn, as_consumed(events))

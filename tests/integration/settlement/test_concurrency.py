@@ -13,23 +13,19 @@ import random
 from datetime import UTC, datetime, timedelta
 
 from services.settlement import handlers
-from services.settlement.consumers import OrderEventBooker
 from services.settlement.handlers import PayoutMade
 from services.settlement.reconciliation import BankLine
 from shared import db
-from shared.consumer import Delivery
 from shared.ids import new_id
-from tests.integration.settlement.conftest import assert_balances_follow_postings
+from tests.integration.settlement.conftest import (
+    assert_balances_follow_postings,
+    book,
+)
 from tests.integration.settlement.order_events import OrderEvent, OrderScript, Part
 
 # Events occur now (the scripts stamp them): every run pays what they made available.
 NOW = datetime.now(UTC) + timedelta(days=1)
 ROUNDS = 5
-
-
-async def book(pool: db.Pool, events: list[OrderEvent]) -> None:
-    async with db.unit_of_work(pool) as conn:
-        await OrderEventBooker(300).apply(conn, [Delivery(e, event) for e, event in events])
 
 
 async def run_payouts(pool: db.Pool, as_of: datetime) -> list[PayoutMade]:

@@ -15,10 +15,14 @@ from services.settlement import handlers, store
 from services.settlement.__main__ import MIGRATIONS
 from services.settlement.consumers import OrderEventBooker
 from shared import db
-from shared.consumer import Delivery, PermanentError
+from shared.consumer import PermanentError
 from shared.ids import new_id
 from shared.migrations import PLUMBING_MIGRATIONS, migrate
-from tests.integration.settlement.conftest import assert_balances_follow_postings
+from tests.integration.settlement.conftest import (
+    as_consumed,
+    assert_balances_follow_postings,
+    book,
+)
 from tests.integration.settlement.order_events import OrderEvent, OrderScript, Part
 from tests.support.waiting import wait_for
 
@@ -35,13 +39,6 @@ def three_partners() -> tuple[str, str, str, Part, Part, Part]:
         Part(integrator, "integrator", 9_000, new_id("agr")),
         Part(owner, "managed_service", 10_000),
     )
-
-
-async def book(pool: db.Pool, events: list[OrderEvent]) -> None:
-    async with db.unit_of_work(pool) as conn:
-        # Decoded as the consumer decodes them: what the ledger reads of each event.
-        booker = OrderEventBooker(300)
-        await booker.apply(conn, [Delivery(e, booker.registry.decode(e)) for e, _ in events])
 
 
 async def owed(pool: db.Pool, partner_id: str) -> dict[str, int]:
@@ -388,8 +385,7 @@ async def test_postings_booked_while_the_balances_migration_runs_are_kept_too(
         booking = old_release.transaction()
         await booking.start()
         await OrderEventBooker(300).apply(
-            old_release,
-            [Delivery(e, event) for e, event in _order_life((parts[0], parts[1], parts[2]))],
+            old_release, as_consumed(_order_life((parts[0], parts[1], parts[2])))
         )
         migrating = asyncio.create_task(migrate(new_release, [("settlement", MIGRATIONS)]))
         await wait_for(
