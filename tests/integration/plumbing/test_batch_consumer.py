@@ -377,12 +377,13 @@ async def test_strict_dedupes_sequenced_events_by_position_alone(
     name = unique_name("positions")
     async with batch_consuming(infra, pool, topic, insert_effects, name=name, sequencing="strict"):
         await produce_sequenced(infra, topic, steps)
-        # A duplicate of o0's 2 (same event id) and an unsequenced event.
+        # A duplicate of o0's 2 (same event id) and an unsequenced event, of a key
+        # with no numbered event (after a numbered one, strict skips it as stale).
         duplicate = ping_message(2, "o0", 2)
         await produce(
             infra.kafka_bootstrap,
             topic,
-            [duplicate[:2], duplicate[:2], ping_message(100, "o0")[:2]],
+            [duplicate[:2], duplicate[:2], ping_message(100, "u0")[:2]],
         )
         await caught_up(infra, name, topic)
     assert await count_effects(pool) == 15 + 1
