@@ -7,6 +7,7 @@ from pathlib import Path
 
 from services.orders import consumers, handlers
 from services.orders.http import OrdersHttp, build_api
+from services.orders.terms import OrderableTerms
 from shared import account_generations
 from shared.clock import Clock, utc_now
 from shared.contracts import fulfillments, orders
@@ -37,10 +38,12 @@ def composer(clock: Clock = utc_now) -> Compose:
         settings = runtime.settings
         if not isinstance(settings, OrdersSettings):
             raise TypeError("the orders service runs with OrdersSettings")
+        terms = OrderableTerms(runtime.pool)
         api = build_api(
             OrdersHttp(
                 acceptance_window=timedelta(seconds=settings.acceptance_deadline_seconds),
                 clock=clock,
+                terms=terms,
             )
         )
         catalog_copy = consumers.catalog_copy(
@@ -48,6 +51,7 @@ def composer(clock: Clock = utc_now) -> Compose:
             topic_prefix=settings.topic_prefix,
             pool=runtime.pool,
             producer=runtime.producer,
+            terms=terms,
         )
         deadlines = TimerLoop(
             runtime.pool,
@@ -55,7 +59,7 @@ def composer(clock: Clock = utc_now) -> Compose:
             clock=clock,
             poll_seconds=settings.timer_poll_seconds,
         )
-        return account_generations.wire(runtime).composition(api, [catalog_copy, deadlines])
+        return account_generations.wire(runtime).composition(api, [catalog_copy, terms, deadlines])
 
     return compose
 

@@ -23,6 +23,7 @@ from services.orders.domain import (
     RequestedLine,
     Transition,
 )
+from services.orders.terms import OrderableTerms
 from shared import outbox, timers
 from shared.clock import Clock
 from shared.contracts import catalog_agreements, catalog_offerings
@@ -64,9 +65,12 @@ async def place_order(
     lines: Sequence[RequestedLine],
     now: datetime,
     acceptance_window: timedelta,
+    terms: OrderableTerms | None = None,
 ) -> Order:
-    offerings, agreements = await store.orderable_terms(
-        conn, sorted({line.offering_id for line in lines})
+    """``terms``: the process's memory of the catalog copy; without it, read from ``conn``."""
+    wanted = sorted({line.offering_id for line in lines})
+    offerings, agreements = await (
+        terms.read(conn, wanted) if terms else store.orderable_terms(conn, wanted)
     )
     transition = domain.price_order(
         order_id=new_id("ord"),

@@ -22,6 +22,7 @@ from services.orders.api import (
     UsageAccepted,
 )
 from services.orders.domain import Accept, Command, Complete, Order, Reject, RequestedLine
+from services.orders.terms import OrderableTerms
 from shared.clock import Clock, utc_now
 from shared.http.api import ANY_ROLE, Api, Call, Reply
 from shared.http.pagination import cursor_of_type, encode_cursor
@@ -33,6 +34,8 @@ from shared.tokens import Role
 class OrdersHttp:
     acceptance_window: timedelta
     clock: Clock = utc_now
+    # The process's memory of the orderable terms; without it every placement reads them.
+    terms: OrderableTerms | None = None
 
 
 CUSTOMER: frozenset[Role] = frozenset({"customer"})
@@ -64,6 +67,7 @@ def build_api(deps: OrdersHttp) -> Api:
                 lines=lines,
                 now=deps.clock(),
                 acceptance_window=deps.acceptance_window,
+                terms=deps.terms,
             )
         return order_view(order)
 
