@@ -48,6 +48,7 @@ def composer(clock: Clock = utc_now) -> Compose:
             topic_prefix=settings.topic_prefix,
             pool=runtime.pool,
             producer=runtime.producer,
+            security=settings.kafka_security(),
         )
         deadlines = TimerLoop(
             runtime.pool,

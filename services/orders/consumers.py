@@ -11,6 +11,7 @@ from shared.consumer import BatchConsumer
 from shared.contracts import catalog_agreements, catalog_offerings
 from shared.contracts.envelope import EventRegistry
 from shared.db import Connection, Pool
+from shared.kafka import PLAINTEXT, KafkaSecurity
 from shared.sequencing import Delivery
 
 CATALOG_TOPICS = (catalog_offerings.TOPIC, catalog_agreements.TOPIC)
@@ -22,7 +23,12 @@ async def _apply(conn: Connection, deliveries: Sequence[Delivery]) -> None:
 
 
 def catalog_copy(
-    *, bootstrap: str, topic_prefix: str, pool: Pool, producer: AIOKafkaProducer
+    *,
+    bootstrap: str,
+    topic_prefix: str,
+    pool: Pool,
+    producer: AIOKafkaProducer,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> BatchConsumer:
     """Keeps the local copy of the orderable catalog that placing an order reads.
 
@@ -34,6 +40,7 @@ def catalog_copy(
         bootstrap=bootstrap,
         topics=[topic.name for topic in CATALOG_TOPICS],
         topic_prefix=topic_prefix,
+        security=security,
         registry=EventRegistry(event for topic in CATALOG_TOPICS for event in topic.events),
         handler=_apply,
         pool=pool,
