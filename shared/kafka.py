@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +16,7 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
 from shared.contracts.envelope import Topic
-from shared.settings import Secret
+from shared.settings import Secret, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class KafkaSettings(msgspec.Struct, kw_only=True):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: Secret | None = None
     # The CA that signed the brokers' certificates; None trusts the system's CAs.
-    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_ca_file: Path | None = None
     # Off where an operator owns the topics (deploy/k8s: KafkaTopic resources), so
     # the service's user needs no Create right.
     kafka_create_topics: bool = True
@@ -62,7 +63,7 @@ class KafkaSettings(msgspec.Struct, kw_only=True):
             sasl_mechanism=self.kafka_sasl_mechanism,
             sasl_username=self.kafka_sasl_username,
             sasl_password=self.kafka_sasl_password,
-            ssl_cafile=self.kafka_ssl_cafile,
+            ssl_ca_file=self.kafka_ssl_ca_file,
         )
 
 
@@ -73,7 +74,7 @@ class KafkaSecurity(msgspec.Struct, frozen=True, kw_only=True):
     sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
     sasl_username: str | None = None
     sasl_password: Secret | None = None
-    ssl_cafile: Path | None = None
+    ssl_ca_file: Path | None = None
 
 
 PLAINTEXT = KafkaSecurity()
@@ -89,8 +90,11 @@ def client_options(bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> dict[
         "security_protocol": security.protocol,
     }
     if security.protocol in ("SSL", "SASL_SSL"):
-        cafile = None if security.ssl_cafile is None else str(security.ssl_cafile)
-        options["ssl_context"] = create_ssl_context(cafile=cafile)
+        cafile = None if security.ssl_ca_file is None else str(security.ssl_ca_file)
+        try:
+            options["ssl_context"] = create_ssl_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(f"cannot load the Kafka CA file {cafile}: {exc}") from None
     if security.protocol.startswith("SASL_"):
         if security.sasl_username is None or security.sasl_password is None:
             raise ValueError(f"{security.protocol} needs a SASL username and password")

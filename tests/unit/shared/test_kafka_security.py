@@ -82,7 +82,7 @@ def test_sasl_ssl_verifies_the_brokers_against_the_configured_ca(tmp_path: Path)
         **SASL_PLAINTEXT,
         "MARKETPLACE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
         "MARKETPLACE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
-        "MARKETPLACE_KAFKA_SSL_CAFILE": str(ca_file(tmp_path)),
+        "MARKETPLACE_KAFKA_SSL_CA_FILE": str(ca_file(tmp_path)),
     }
     got = options(environ)
     context = got.pop("ssl_context")
@@ -92,6 +92,15 @@ def test_sasl_ssl_verifies_the_brokers_against_the_configured_ca(tmp_path: Path)
     assert [ca["subject"] for ca in context.get_ca_certs()] == [((("commonName", "cluster-ca"),),)]
     assert got["security_protocol"] == "SASL_SSL"
     assert got["sasl_mechanism"] == "SCRAM-SHA-256"
+
+
+def test_a_missing_ca_file_is_named_at_start_up(tmp_path: Path) -> None:
+    environ = {
+        "MARKETPLACE_KAFKA_SECURITY_PROTOCOL": "SSL",
+        "MARKETPLACE_KAFKA_SSL_CA_FILE": str(tmp_path / "nowhere.crt"),
+    }
+    with pytest.raises(SettingsError, match=r"nowhere\.crt"):
+        options(environ)
 
 
 def test_ssl_without_a_login_sends_no_sasl_arguments() -> None:
