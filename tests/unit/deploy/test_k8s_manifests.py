@@ -467,7 +467,11 @@ def consumers_of(service: str) -> tuple[BatchConsumer, ...]:
         compose = COMPOSERS[service](settings)
 
         async def composed() -> Composition:
-            return await compose(runtime)
+            composition = await compose(runtime)
+            for loop in composition.loops:
+                if isinstance(loop, BatchConsumer):
+                    await loop._consumer.stop()  # never started: only marks it closed
+            return composition
 
         composition = asyncio.run(composed())
     return tuple(loop for loop in composition.loops if isinstance(loop, BatchConsumer))

@@ -163,3 +163,5 @@ async def test_the_producer_and_consumers_are_built_with_the_security_settings()
             "SCRAM-SHA-512",
         )
         assert client._sasl_plain_password == PASSWORD
+    await consumer._consumer.stop()  # never started: only marks it closed
+    await producer.stop()
