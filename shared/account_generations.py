@@ -33,6 +33,7 @@ from shared.contracts import catalog_accounts
 from shared.contracts.envelope import Envelope, Event, EventRegistry
 from shared.db import Connection, Pool
 from shared.http.api import Api, RevocationCheck
+from shared.kafka import PLAINTEXT, KafkaSecurity
 from shared.runtime import BackgroundLoop
 from shared.service import Composition, Runtime
 from shared.token_generations import TokenGenerations, announce_rotation
@@ -91,6 +92,7 @@ def consumer(
     topic_prefix: str,
     pool: Pool,
     producer: AIOKafkaProducer,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> IdempotentConsumer:
     """The consumer that keeps ``account_generations`` up to date in ``service``'s database."""
     return IdempotentConsumer(
@@ -99,6 +101,7 @@ def consumer(
         bootstrap=bootstrap,
         topics=[catalog_accounts.TOPIC.name],
         topic_prefix=topic_prefix,
+        security=security,
         registry=EventRegistry(catalog_accounts.TOPIC.events),
         handler=apply,
         pool=pool,
@@ -135,6 +138,7 @@ def wire(runtime: Runtime) -> AccountGenerations:
             topic_prefix=settings.topic_prefix,
             pool=runtime.pool,
             producer=runtime.producer,
+            security=settings.kafka_security(),
         ),
         cache=revocations(runtime.pool),
     )

@@ -67,6 +67,7 @@ from aiokafka.errors import KafkaError
 from shared import logs
 from shared.contracts.envelope import Envelope, Event, EventRegistry, UnknownEvent, decode_envelope
 from shared.db import Connection, Pool
+from shared.kafka import PLAINTEXT, KafkaSecurity, client_options
 from shared.metrics import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED, EVENTS_PARKED
 from shared.retry import RetryPolicy
 from shared.runtime import sleep_or_stop
@@ -229,6 +230,7 @@ class BatchConsumer:
         producer: AIOKafkaProducer,
         group_id: str | None = None,
         topic_prefix: str = "",
+        security: KafkaSecurity = PLAINTEXT,
         retry: RetryPolicy | None = None,
         max_batch: int = 500,
         sequencing: Sequencing | None = None,
@@ -267,7 +269,7 @@ class BatchConsumer:
         self._commit_wanted = asyncio.Event()
         self._commit_lock = asyncio.Lock()
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+            **client_options(bootstrap, security),
             group_id=self.group_id,
             client_id=name,
             enable_auto_commit=False,
@@ -785,6 +787,7 @@ class IdempotentConsumer(BatchConsumer):
         producer: AIOKafkaProducer,
         group_id: str | None = None,
         topic_prefix: str = "",
+        security: KafkaSecurity = PLAINTEXT,
         retry: RetryPolicy | None = None,
         max_batch: int = 200,
         sequencing: Sequencing | None = None,
@@ -804,6 +807,7 @@ class IdempotentConsumer(BatchConsumer):
             producer=producer,
             group_id=group_id,
             topic_prefix=topic_prefix,
+            security=security,
             retry=retry,
             max_batch=max_batch,
             sequencing=sequencing,

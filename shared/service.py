@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
-import msgspec
 from aiokafka import AIOKafkaProducer
 
 from shared import db, kafka, logs, retention
@@ -45,7 +44,7 @@ from shared.tokens import TokenVerifier
 log = logging.getLogger(__name__)
 
 
-class ServiceSettings(msgspec.Struct, kw_only=True):
+class ServiceSettings(kafka.KafkaSettings, kw_only=True):
     """What every service reads from the environment (see ``shared.settings``)."""
 
     database_url: str
@@ -53,7 +52,6 @@ class ServiceSettings(msgspec.Struct, kw_only=True):
     operator_token: Secret
     token_public_key_file: Path
     http_host: str = "127.0.0.1"
-    kafka_bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = ""
     log_level: str = "INFO"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -161,7 +159,8 @@ async def run_service(
 
     await _retry_until("PostgreSQL", settings.startup_timeout_seconds, connect)
     pool = pools[0]
-    producer = kafka.new_producer(settings.kafka_bootstrap, client_id=name)
+    security = settings.kafka_security()
+    producer = kafka.new_producer(settings.kafka_bootstrap, client_id=name, security=security)
     try:
         async with pool.acquire() as conn:
             applied = await migrate(
@@ -170,9 +169,10 @@ async def run_service(
         if applied:
             log.info("migrations applied", extra={"migrations": applied})
         await _retry_until("Kafka", settings.startup_timeout_seconds, producer.start)
-        await kafka.ensure_topics(
-            settings.kafka_bootstrap, kafka.topic_specs(topics, settings.topic_prefix)
-        )
+        if settings.kafka_create_topics:
+            await kafka.ensure_topics(
+                settings.kafka_bootstrap, kafka.topic_specs(topics, settings.topic_prefix), security
+            )
         runtime = Runtime(
             name=name, settings=settings, pool=pool, producer=producer, verifier=verifier
         )

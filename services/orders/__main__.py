@@ -52,6 +52,7 @@ def composer(clock: Clock = utc_now) -> Compose:
             pool=runtime.pool,
             producer=runtime.producer,
             terms=terms,
+            security=settings.kafka_security(),
         )
         deadlines = TimerLoop(
             runtime.pool,

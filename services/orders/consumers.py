@@ -12,6 +12,7 @@ from shared.consumer import BatchConsumer
 from shared.contracts import catalog_agreements, catalog_offerings
 from shared.contracts.envelope import EventRegistry
 from shared.db import Connection, Pool
+from shared.kafka import PLAINTEXT, KafkaSecurity
 from shared.sequencing import Delivery
 
 CATALOG_TOPICS = (catalog_offerings.TOPIC, catalog_agreements.TOPIC)
@@ -24,6 +25,7 @@ def catalog_copy(
     pool: Pool,
     producer: AIOKafkaProducer,
     terms: OrderableTerms,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> BatchConsumer:
     """Keeps the local copy of the orderable catalog that placing an order reads.
 
@@ -43,6 +45,7 @@ def catalog_copy(
         bootstrap=bootstrap,
         topics=[topic.name for topic in CATALOG_TOPICS],
         topic_prefix=topic_prefix,
+        security=security,
         registry=EventRegistry(event for topic in CATALOG_TOPICS for event in topic.events),
         handler=_apply,
         pool=pool,

@@ -43,6 +43,7 @@ def composer(settings: SettlementSettings) -> Compose:
             pool=runtime.pool,
             producer=runtime.producer,
             group_id=settings.consumer_group,
+            security=settings.kafka_security(),
         )
         return account_generations.wire(runtime).composition(
             build_api(SettlementHttp()), loops=[ledger]

@@ -15,6 +15,7 @@ from shared.consumer import BatchConsumer, Delivery, PermanentError
 from shared.contracts import orders
 from shared.contracts.envelope import EventRegistry
 from shared.db import Connection, Pool
+from shared.kafka import PLAINTEXT, KafkaSecurity
 
 CONSUMER = "settlement-ledger"
 
@@ -66,6 +67,7 @@ def order_consumer(
     producer: AIOKafkaProducer,
     group_id: str | None = None,
     max_batch: int = 2_000,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> BatchConsumer:
     """Chunks of one partition's new events, one transaction each; an order's events in
     its sequence (``strict``: a gap is parked by the consumer until it fills)."""
@@ -74,6 +76,7 @@ def order_consumer(
         bootstrap=bootstrap,
         topics=[orders.TOPIC.name],
         topic_prefix=topic_prefix,
+        security=security,
         registry=booker.registry,
         handler=booker.apply,
         pool=pool,

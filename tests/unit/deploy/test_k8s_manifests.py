@@ -7,8 +7,10 @@ setting, port or topic that the manifests do not follow fails here.
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -20,15 +22,20 @@ import pytest
 import yaml
 
 from deploy.k8s import wait_for_topics
+from services.catalog import __main__ as catalog_main
 from services.catalog.__main__ import CatalogSettings
+from services.orders import __main__ as orders_main
 from services.orders.__main__ import OrdersSettings
+from services.settlement import __main__ as settlement_main
 from services.settlement.__main__ import SettlementSettings
+from shared.consumer import BatchConsumer
 from shared.contracts import fulfillments, orders
 from shared.contracts.envelope import Topic
 from shared.contracts.registry import ALL_TOPICS
-from shared.kafka import topic_specs
-from shared.service import ServiceSettings
+from shared.kafka import KafkaSettings, topic_specs
+from shared.service import Compose, Composition, Runtime, ServiceSettings
 from shared.settings import load_settings
+from shared.tokens import generate_keypair
 
 K8S = Path(__file__).resolve().parents[3] / "deploy" / "k8s"
 
@@ -259,8 +266,12 @@ def test_only_catalog_holds_the_signing_key() -> None:
     assert holders == {"catalog"}
 
 
-def test_every_secret_is_made_by_cloudnativepg_or_documented() -> None:
-    made_by_operator = {f"{c['metadata']['name']}-app" for c in of_kind("Cluster")}
+def test_every_secret_is_made_by_an_operator_or_documented() -> None:
+    made_by_operator = {
+        *(f"{c['metadata']['name']}-app" for c in of_kind("Cluster")),  # CloudNativePG
+        *(u["metadata"]["name"] for u in of_kind("KafkaUser")),  # Strimzi's User Operator
+        *(f"{k['metadata']['name']}-cluster-ca-cert" for k in of_kind("Kafka")),  # Strimzi
+    }
     documented = set(re.findall(r"create secret generic ([\w-]+)", (K8S / "README.md").read_text()))
     referenced: set[str] = set()
     for service in SETTINGS:
@@ -379,26 +390,186 @@ def test_kafka_runs_in_kraft_mode_on_node_pools_with_replicated_writes() -> None
 def test_pods_wait_for_the_topic_operator_before_the_service_starts(service: str) -> None:
     [init] = pod_spec(service)["initContainers"]
     assert init["image"] == container(service)["image"]
-    [mount] = init["volumeMounts"]
+    [mount] = [m for m in init["volumeMounts"] if m["name"] == "scripts"]
     assert init["command"][-1] == f"{mount['mountPath']}/wait_for_topics.py"
     volume = next(v for v in pod_spec(service)["volumes"] if v["name"] == mount["name"])
     [generator] = [
         g for g in kustomization()["configMapGenerator"] if g["name"] == volume["configMap"]["name"]
     ]
     assert generator["files"] == ["wait_for_topics.py"]
-    assert (
-        environment(init)["MARKETPLACE_KAFKA_BOOTSTRAP"]
-        == service_settings(service).kafka_bootstrap
-    )
+    assert environment(init)["WAIT_FOR_TOPICS_SERVICE"] == service
 
 
-def test_the_topics_pods_wait_for_all_have_a_manifest() -> None:
+@services
+def test_the_init_container_reaches_kafka_as_the_service_does(service: str) -> None:
+    """Same broker, same login: the topics it sees are the ones the service may use."""
+    [init] = pod_spec(service)["initContainers"]
+    as_init = load_settings(KafkaSettings, service, environment(init))
+    as_service = service_settings(service)
+    assert kafka_fields(as_init) == kafka_fields(as_service)
+    assert {m["mountPath"] for m in init["volumeMounts"] if m["name"] == "kafka-ca"} == {
+        str(Path(str(as_service.kafka_ssl_ca_file)).parent)
+    }
+
+
+def kafka_fields(settings: KafkaSettings) -> dict[str, object]:
+    return {f.name: getattr(settings, f.name) for f in msgspec.structs.fields(KafkaSettings)}
+
+
+@services
+def test_the_topics_pods_wait_for_all_have_a_manifest(service: str) -> None:
     # Otherwise every pod would wait in its init container for good.
-    assert wait_for_topics.wanted_topics() <= set(manifest_topics())
+    wanted = wait_for_topics.wanted_topics(wait_for_topics.service_topics(service))
+    assert wanted <= set(manifest_topics())
 
 
 def test_the_services_reach_kafka_through_its_bootstrap_service() -> None:
     [kafka] = of_kind("Kafka")
-    [plain] = [lst for lst in kafka["spec"]["kafka"]["listeners"] if not lst["tls"]]
-    bootstrap = f"{kafka['metadata']['name']}-kafka-bootstrap:{plain['port']}"
+    [listener] = kafka["spec"]["kafka"]["listeners"]
+    bootstrap = f"{kafka['metadata']['name']}-kafka-bootstrap:{listener['port']}"
     assert {service_settings(s).kafka_bootstrap for s in SETTINGS} == {bootstrap}
+
+
+def test_kafka_lets_in_only_logged_in_users_and_checks_their_acls() -> None:
+    [kafka] = of_kind("Kafka")
+    spec = kafka["spec"]
+    for listener in spec["kafka"]["listeners"]:
+        assert listener["tls"], listener["name"]
+        assert listener["authentication"]["type"] == "scram-sha-512", listener["name"]
+    assert spec["kafka"]["authorization"]["type"] == "simple"
+    assert "superUsers" not in spec["kafka"]["authorization"]
+    assert "userOperator" in spec["entityOperator"]
+
+
+# The code the pods run, each service's composition as ``python -m services.<name>`` builds it.
+COMPOSERS: dict[str, Callable[[Any], Compose]] = {
+    "catalog": catalog_main.composer,
+    "orders": lambda _: orders_main.composer(),
+    "settlement": settlement_main.composer,
+}
+
+
+@cache
+def consumers_of(service: str) -> tuple[BatchConsumer, ...]:
+    """The consumers the service runs with the manifests' settings (nothing is started)."""
+    settings = service_settings(service)
+    with tempfile.TemporaryDirectory() as keys:
+        if isinstance(settings, CatalogSettings):
+            signing_key = Path(keys) / "signing.pem"
+            signing_key.write_bytes(generate_keypair()[0])
+            settings = msgspec.structs.replace(settings, token_signing_key_file=signing_key)
+        # The cluster CA exists in the pod only; topics and groups do not depend on TLS.
+        settings = msgspec.structs.replace(settings, kafka_security_protocol="SASL_PLAINTEXT")
+        unused: Any = None
+        runtime = Runtime(
+            name=service, settings=settings, pool=unused, producer=unused, verifier=unused
+        )
+        compose = COMPOSERS[service](settings)
+
+        async def composed() -> Composition:
+            composition = await compose(runtime)
+            for loop in composition.loops:
+                if isinstance(loop, BatchConsumer):
+                    await loop._consumer.stop()  # never started: only marks it closed
+            return composition
+
+        composition = asyncio.run(composed())
+    return tuple(loop for loop in composition.loops if isinstance(loop, BatchConsumer))
+
+
+def registered_topics() -> set[str]:
+    return {name for name, _ in declared_topics().items() if not name.endswith(".dlq")}
+
+
+def owner(topic: str) -> str:
+    """A topic is named after the service whose outbox publishes it (``orders.orders``)."""
+    return topic.split(".", 1)[0]
+
+
+def published(service: str) -> set[str]:
+    return {topic for topic in registered_topics() if owner(topic) == service}
+
+
+Acl = tuple[str, str, str]  # (resource type, resource name, operation)
+
+
+def user_acls(user: str) -> set[Acl]:
+    acls: set[Acl] = set()
+    for acl in named("KafkaUser", user)["spec"]["authorization"]["acls"]:
+        resource = acl["resource"]
+        assert resource.get("patternType", "literal") == "literal", resource
+        assert acl.get("host", "*") == "*", resource
+        assert acl.get("type", "allow") == "allow", resource
+        acls |= {(resource["type"], resource["name"], op) for op in acl["operations"]}
+    return acls
+
+
+def needed_acls(service: str) -> set[Acl]:
+    consumers = consumers_of(service)
+    consumed = {topic for c in consumers for topic in c.topics}
+    dead_letters = {f"{topic}.dlq" for topic in consumed}  # what BatchConsumer writes to
+    writes = published(service) | dead_letters
+    waited_for = wait_for_topics.wanted_topics(wait_for_topics.service_topics(service))
+    return (
+        {("topic", t, "Write") for t in writes}
+        | {("topic", t, "Read") for t in consumed}
+        | {("topic", t, "Describe") for t in writes | consumed | waited_for}
+        | {("group", c.group_id, "Read") for c in consumers}
+    )
+
+
+def test_every_topic_is_published_by_one_of_the_services() -> None:
+    assert {owner(topic) for topic in registered_topics()} <= set(SETTINGS)
+    for service in SETTINGS:
+        # Its outbox's topics are among those it declares at start-up.
+        own = {t.name for t in wait_for_topics.service_topics(service)}
+        assert published(service) <= own, service
+
+
+@services
+def test_each_service_user_may_do_exactly_what_its_code_does(service: str) -> None:
+    assert user_acls(service) == needed_acls(service)
+
+
+def test_the_consumers_derived_from_the_code_are_the_ones_expected() -> None:
+    # Guards the derivation itself: were consumers_of to find nothing, the ACL
+    # test above would pass for users that could read nothing.
+    groups = {s: {c.group_id for c in consumers_of(s)} for s in SETTINGS}
+    assert groups == {
+        "catalog": set(),
+        "orders": {"orders.catalog-copy", "orders.account-generations"},
+        "settlement": {"settlement-ledger", "settlement.account-generations"},
+    }
+
+
+def test_only_a_topics_own_service_may_write_it() -> None:
+    writers = {
+        topic: {s for s in SETTINGS if ("topic", topic, "Write") in user_acls(s)}
+        for topic in registered_topics()
+    }
+    assert writers == {topic: {owner(topic)} for topic in registered_topics()}
+    assert writers["orders.orders"] == writers["orders.fulfillments"] == {"orders"}
+
+
+def test_no_user_may_create_alter_or_delete_anything() -> None:
+    operations = {op for s in SETTINGS for _, _, op in user_acls(s)}
+    assert operations <= {"Read", "Write", "Describe"}
+    assert {u["metadata"]["name"] for u in of_kind("KafkaUser")} == set(SETTINGS)
+    # So the services must not try to create their topics.
+    assert [service_settings(s).kafka_create_topics for s in SETTINGS] == [False] * len(SETTINGS)
+
+
+@services
+def test_the_service_logs_in_as_its_own_user_over_tls(service: str) -> None:
+    settings = service_settings(service)
+    user = named("KafkaUser", service)
+    assert settings.kafka_security_protocol == "SASL_SSL"
+    assert settings.kafka_sasl_mechanism == user["spec"]["authentication"]["type"].upper()
+    assert settings.kafka_sasl_username == user["metadata"]["name"]
+    assert settings.kafka_sasl_password is not None
+    # The secret Strimzi's User Operator generates for the user, named like it.
+    assert settings.kafka_sasl_password.reveal() == f"secret:{service}/password"
+    [kafka] = of_kind("Kafka")
+    assert settings.kafka_ssl_ca_file is not None
+    cluster_ca = f"{kafka['metadata']['name']}-cluster-ca-cert"
+    assert mounted_files(service)[settings.kafka_ssl_ca_file] == cluster_ca
