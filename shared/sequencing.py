@@ -304,7 +304,9 @@ async def take_ready(
 
     In the caller's transaction the event leaves ``parked_events`` and the
     key's position moves onto it; the caller applies it there, so a failure
-    rolls all three back.
+    rolls all three back.  The position moves only from the one the take read
+    (``PositionMoved`` otherwise): another member may be applying a
+    redelivered copy of the same event, deduped by that position alone.
     """
     row = await conn.fetchrow(
         "DELETE FROM parked_events p WHERE consumer = $1 AND topic = $2 AND key = $3"
@@ -317,14 +319,9 @@ async def take_ready(
     )
     if row is None:
         return None
-    await conn.execute(
-        "INSERT INTO consumer_positions (consumer, topic, key, sequence) VALUES ($1, $2, $3, $4)"
-        " ON CONFLICT (consumer, topic, key)"
-        " DO UPDATE SET sequence = EXCLUDED.sequence, updated_at = now()",
-        consumer,
-        topic,
-        key,
-        row["sequence"],
+    before: int = row["sequence"] - 1
+    await _move_positions(
+        conn, consumer, topic, {key: before} if before else {}, {key: row["sequence"]}
     )
     return row["event_id"], row["message"]
 
