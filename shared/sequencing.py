@@ -126,7 +126,13 @@ def plan(
         else:
             result.apply.append(delivery)
             last[key] = sequence
-            if release and key in waiting:  # most keys have nothing waiting
+            if key not in waiting:  # most keys have nothing waiting
+                continue
+            # Its own copy may wait parked (parked, then redelivered): applied now.
+            copy = waiting[key].pop(sequence, None)
+            if copy is not None and parked_now.pop((key, sequence), None) is None:
+                result.released.append((key, sequence))
+            if release:
                 _release_successors(key, last, waiting[key], parked_now, result)
     result.positions = {key: seq for key, seq in last.items() if positions.get(key) != seq}
     result.park = list(parked_now.values())
