@@ -126,7 +126,13 @@ def plan(
         else:
             result.apply.append(delivery)
             last[key] = sequence
-            if release and key in waiting:  # most keys have nothing waiting
+            if key not in waiting:  # most keys have nothing waiting
+                continue
+            # Its own copy may wait parked (parked, then redelivered): applied now.
+            copy = waiting[key].pop(sequence, None)
+            if copy is not None and parked_now.pop((key, sequence), None) is None:
+                result.released.append((key, sequence))
+            if release:
                 _release_successors(key, last, waiting[key], parked_now, result)
     result.positions = {key: seq for key, seq in last.items() if positions.get(key) != seq}
     result.park = list(parked_now.values())
@@ -304,7 +310,9 @@ async def take_ready(
 
     In the caller's transaction the event leaves ``parked_events`` and the
     key's position moves onto it; the caller applies it there, so a failure
-    rolls all three back.
+    rolls all three back.  The position moves only from the one the take read
+    (``PositionMoved`` otherwise): another member may be applying a
+    redelivered copy of the same event, deduped by that position alone.
     """
     row = await conn.fetchrow(
         "DELETE FROM parked_events p WHERE consumer = $1 AND topic = $2 AND key = $3"
@@ -317,14 +325,9 @@ async def take_ready(
     )
     if row is None:
         return None
-    await conn.execute(
-        "INSERT INTO consumer_positions (consumer, topic, key, sequence) VALUES ($1, $2, $3, $4)"
-        " ON CONFLICT (consumer, topic, key)"
-        " DO UPDATE SET sequence = EXCLUDED.sequence, updated_at = now()",
-        consumer,
-        topic,
-        key,
-        row["sequence"],
+    before: int = row["sequence"] - 1
+    await _move_positions(
+        conn, consumer, topic, {key: before} if before else {}, {key: row["sequence"]}
     )
     return row["event_id"], row["message"]
 

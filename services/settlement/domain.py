@@ -47,6 +47,10 @@ AccountKind = Literal[
 EntryKind = Literal["charge", "refund", "release", "payout", "paid", "failed"]
 Part = Literal["gross", "fee", "share", "margin", "release", "payout", "paid", "failed"]
 OrderStatus = Literal["pending", "confirmed", "fulfilled", "cancelled"]
+# As the orders contract spells them: a charge outside them is refused (dead-lettered)
+# when its event is decoded, not booked.
+ChargeKind = Literal["order", "usage"]
+PartnerRole = Literal["isv", "managed_service", "integrator", "reseller"]
 
 PARTNER_ACCOUNTS: tuple[AccountKind, ...] = (
     "partner_pending",
@@ -89,14 +93,14 @@ class ChargedComponent(msgspec.Struct, frozen=True, gc=False):
     """One component amount a customer owes, as the orders service charged it."""
 
     charge_id: str
-    kind: str
+    kind: ChargeKind
     order_id: str
     line_id: str
     offering_id: str
     component_index: int
     owner_id: str
     partner_id: str
-    role: str
+    role: PartnerRole
     agreement_id: str | None
     share_bps: int
     amount: int

@@ -26,7 +26,7 @@ from prometheus_client import REGISTRY
 from shared import db, kafka
 from shared.consumer import BatchConsumer, Delivery, RetryPolicy
 from shared.contracts.envelope import EventRegistry
-from shared.sequencing import PositionMoved, Sequencing, admit, parked_events
+from shared.sequencing import PositionMoved, Sequencing, admit, parked_events, take_ready
 from tests.support.consuming import (
     caught_up,
     count_effects,
@@ -446,6 +446,57 @@ async def test_a_position_moved_by_a_concurrent_transaction_makes_the_other_retr
         await pool.fetchval("SELECT sequence FROM consumer_positions WHERE consumer = 'racing'")
         == first
     )
+
+
+async def test_releasing_a_parked_event_its_redelivery_just_applied_retries_instead(
+    pool: db.Pool,
+) -> None:
+    """A parked event released by one member while another applies its redelivered copy.
+
+    o1 is at 1 with its 2 parked (the gap-filler applied without releasing,
+    say).  One member gets 2 again from the topic (a rebalance replays
+    offsets the committer had not written yet): at position 1 it applies, by
+    position alone.  Meanwhile the other member releases the parked copy: its
+    take of the parked row read position 1, so its position write must find
+    the position moved (``PositionMoved``) instead of applying 2 a second time.
+    """
+    _, message, envelope = ping_message(2, "o1", 2)
+    delivery = Delivery(envelope, Ping(n=2))
+    await pool.execute(
+        "INSERT INTO consumer_positions (consumer, topic, key, sequence)"
+        " VALUES ('racing', 't', 'o1', 1)"
+    )
+    await pool.execute(
+        "INSERT INTO parked_events (consumer, topic, key, sequence, event_id, message)"
+        " VALUES ('racing', 't', 'o1', 2, $1, $2)",
+        envelope.event_id,
+        message,
+    )
+
+    async def releasing(conn: db.Connection) -> tuple[str, bytes] | None:
+        return await take_ready(conn, consumer="racing", topic="t", key="o1")
+
+    async with pool.acquire() as one, pool.acquire() as two:
+        applying, taking = one.transaction(), two.transaction()
+        await applying.start()
+        admission = await admit(
+            one, consumer="racing", topic="t", mode="strict", fresh=[delivery],
+            messages={}, decode=lambda _: delivery,
+        )  # fmt: skip
+        assert admission.apply == [delivery]
+        await taking.start()
+        released = asyncio.create_task(releasing(two))
+        await wait_for(
+            lambda: waiting_on_a_lock(pool, two.get_server_pid()),
+            message="the release did not wait for the applying transaction",
+        )
+        await applying.commit()
+        try:
+            taken = await released
+        except PositionMoved:
+            taken = None
+        await taking.rollback()
+    assert taken is None, "the parked copy of an event just applied was released again"
 
 
 async def waiting_on_a_lock(pool: db.Pool, pid: int) -> bool:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import get_args
 
 import msgspec
+import pytest
 
-from services.settlement import order_events
+from services.settlement import domain, order_events
 from services.settlement.consumers import OrderEventBooker
 from shared.contracts import orders
-from shared.contracts.envelope import new_envelope
+from shared.contracts.catalog_accounts import PartnerKind
+from shared.contracts.envelope import EventRegistry, new_envelope
 from shared.contracts.pricing import Pricing
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -20,6 +23,8 @@ def test_every_contract_event_has_its_reading_of_the_same_type_and_version() -> 
         return {(e.EVENT_TYPE, e.SCHEMA_VERSION) for e in events}  # type: ignore[attr-defined]
 
     assert named(order_events.EVENTS) == named(orders.TOPIC.events)
+    assert get_args(domain.ChargeKind) == get_args(orders.ChargeKind)
+    assert get_args(domain.PartnerRole) == get_args(PartnerKind)
 
 
 def charge(kind: orders.ChargeKind = "order") -> orders.Charge:
@@ -80,3 +85,21 @@ def test_each_event_reads_the_values_the_contract_carries() -> None:
         read_state = registry.decode(new_envelope(event(order=full), key="ord_1", producer="o"))
         assert type(read_state).EVENT_TYPE == event.EVENT_TYPE
         assert read_state.order.order_id == "ord_1"  # type: ignore[attr-defined]
+
+
+def test_a_charge_the_contract_refuses_is_refused_by_the_narrow_reading_too() -> None:
+    """A kind or role outside the contract is dead-lettered, not booked as if it were valid."""
+    narrow = OrderEventBooker(300).registry
+    contract = EventRegistry(orders.TOPIC.events)
+    envelope = new_envelope(
+        orders.OrderConfirmed(order=state(), charges=[charge()]), key="ord_1", producer="orders",
+        sequence=2,
+    )  # fmt: skip
+    for field, value in (("kind", "subscription"), ("role", "distributor")):
+        payload = msgspec.json.decode(envelope.payload)
+        payload["charges"][0][field] = value
+        bad = msgspec.structs.replace(envelope, payload=msgspec.Raw(msgspec.json.encode(payload)))
+        with pytest.raises(msgspec.ValidationError):
+            contract.decode(bad)
+        with pytest.raises(msgspec.ValidationError):
+            narrow.decode(bad)

@@ -69,6 +69,23 @@ def test_without_release_the_missing_event_applies_alone() -> None:
     assert decided.positions == {"o": 2}
 
 
+def test_an_event_applied_while_its_copy_waits_parked_takes_the_copy_out() -> None:
+    """Parked, then redelivered once its turn came (a replay of offsets not committed yet).
+
+    The copy applied from the topic leaves the parked one behind a position it
+    can never follow: it must leave ``parked_events`` in the same transaction,
+    or it waits there forever (an operator sees an event waiting for its own
+    successor's number, and the parked gauge never empties).
+    """
+    for release in (True, False):
+        parked = {"o": {3: delivery("o", 3)}}
+        decided = plan("strict", {"o": 2}, parked, [delivery("o", 3)], release=release)
+        assert sequences(decided.apply) == [3]
+        assert decided.released == [("o", 3)]
+        assert decided.park == []
+        assert decided.positions == {"o": 3}
+
+
 def test_stale_duplicates_and_unsequenced_events() -> None:
     chunk = [
         delivery("o", 2),
