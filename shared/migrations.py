@@ -6,11 +6,25 @@ A service applies two sources in order: the shared plumbing tables
 row that records it, under an advisory lock so two starting replicas never
 race.  An applied migration whose file has changed, or a new file numbered
 below one already applied, stops start-up: an upgrade never re-runs or skips.
+
+A file whose first line is ``-- migration: no-transaction`` runs outside a
+transaction instead, so it can build an index without blocking writes to the
+table (PostgreSQL refuses ``CREATE INDEX CONCURRENTLY`` in a transaction).
+Such a file is a list of statements, each ending with a semicolon at the end
+of a line, and each one of the few kinds that are safe to repeat after a
+failure midway: ``CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT EXISTS name ON ...``
+and ``DROP INDEX CONCURRENTLY IF EXISTS name``.  A failed concurrent build
+leaves an invalid index behind that ``IF NOT EXISTS`` would then skip, so the
+runner drops an invalid index of the name before building it and checks that
+it is valid afterwards; the file is recorded only once every statement
+succeeded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +32,38 @@ from pathlib import Path
 from shared.db import Connection
 
 PLUMBING_MIGRATIONS = Path(__file__).parent / "sql"
+NO_TRANSACTION = "-- migration: no-transaction"
+
+log = logging.getLogger(__name__)
 
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LOCK_KEY = 0x6D69677261  # "migra"
+_LOCK_POLL_SECONDS = 0.2
+# A first line meant as a directive but not spelled as one (``-- migrations:
+# no-transaction``, ``--migration notransaction``, ``-- no-transaction``).
+_LOOKS_LIKE_DIRECTIVE = re.compile(r"^--\s*(migrations?\b|no[-_ ]?transaction)", re.IGNORECASE)
+_CONCURRENTLY = re.compile(r"\bconcurrently\b", re.IGNORECASE)
+_COMMENT = re.compile(r"--[^\n]*")
+_NAME = r'("[^"]+"|[a-z_][a-z0-9_$]*)'
+_CREATE_INDEX = re.compile(
+    rf"^CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS\s+{_NAME}\s+ON\s",
+    re.IGNORECASE,
+)
+_DROP_INDEX = re.compile(
+    rf"^DROP\s+INDEX\s+CONCURRENTLY\s+IF\s+EXISTS\s+{_NAME}\s*;$", re.IGNORECASE
+)
 
 
 class MigrationError(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One statement of a no-transaction migration, and the index it builds if any."""
+
+    sql: str
+    builds_index: str | None
 
 
 @dataclass(frozen=True)
@@ -33,10 +72,16 @@ class Migration:
     version: int
     name: str
     sql: str
+    # Empty for a migration that runs as one script in a transaction.
+    statements_outside_transaction: tuple[Statement, ...] = ()
 
     @property
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    @property
+    def label(self) -> str:
+        return f"{self.namespace}/{self.version:04d}_{self.name}"
 
 
 def discover(namespace: str, directory: Path) -> list[Migration]:
@@ -45,8 +90,15 @@ def discover(namespace: str, directory: Path) -> list[Migration]:
         match = _FILE_NAME.match(path.name)
         if match is None:
             raise MigrationError(f"{path} is not named NNNN_description.sql")
+        sql = path.read_text("utf-8")
         found.append(
-            Migration(namespace, int(match.group(1)), match.group(2), path.read_text("utf-8"))
+            Migration(
+                namespace,
+                int(match.group(1)),
+                match.group(2),
+                sql,
+                statements_outside_transaction(path, sql),
+            )
         )
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
@@ -54,10 +106,65 @@ def discover(namespace: str, directory: Path) -> list[Migration]:
     return found
 
 
+def statements_outside_transaction(path: Path, sql: str) -> tuple[Statement, ...]:
+    """The statements of a no-transaction file; empty for one that runs in a transaction.
+
+    Refuses a file that would otherwise fail only once it runs, or worse,
+    run in a transaction by mistake: a misspelt directive, CONCURRENTLY
+    without the directive, a statement not safe to repeat outside one.
+    """
+    first_line = sql.split("\n", 1)[0].strip()
+    if first_line != NO_TRANSACTION:
+        if _LOOKS_LIKE_DIRECTIVE.match(first_line):
+            raise MigrationError(
+                f"{path}: first line {first_line!r} is not a directive this runner knows;"
+                f" the only one is {NO_TRANSACTION!r}"
+            )
+        if _CONCURRENTLY.search(_COMMENT.sub("", sql)):
+            raise MigrationError(
+                f"{path} uses CONCURRENTLY, which PostgreSQL refuses inside a transaction;"
+                f" make {NO_TRANSACTION!r} its first line"
+            )
+        return ()
+    statements = tuple(_statement(path, text) for text in _split(path, sql))
+    if not statements:
+        raise MigrationError(f"{path} is marked {NO_TRANSACTION!r} but holds no statement")
+    return statements
+
+
+def _split(path: Path, sql: str) -> list[str]:
+    """Statements end with a semicolon that ends a line; lines starting with -- are comments."""
+    statements: list[str] = []
+    current: list[str] = []
+    for line in sql.splitlines():
+        if line.lstrip().startswith("--"):
+            continue
+        current.append(line)
+        if line.rstrip().endswith(";"):
+            statements.append("\n".join(current).strip())
+            current = []
+    if "\n".join(current).strip():
+        raise MigrationError(f"{path}: its last statement does not end with ';' at a line's end")
+    return [statement for statement in statements if statement != ";"]
+
+
+def _statement(path: Path, sql: str) -> Statement:
+    if created := _CREATE_INDEX.match(sql):
+        return Statement(sql, builds_index=created.group(1))
+    if _DROP_INDEX.match(sql):
+        return Statement(sql, builds_index=None)
+    raise MigrationError(
+        f"{path}: a no-transaction migration may only hold CREATE [UNIQUE] INDEX CONCURRENTLY"
+        " IF NOT EXISTS and DROP INDEX CONCURRENTLY IF EXISTS statements (repeated whole"
+        f" after a failure midway), not: {sql.splitlines()[0]}"
+    )
+
+
 async def migrate(conn: Connection, sources: list[tuple[str, Path]]) -> list[str]:
     """Apply what is missing; return the names of the migrations applied now."""
+    discovered = [discover(namespace, directory) for namespace, directory in sources]
     applied_now: list[str] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+    await _lock(conn)
     try:
         await conn.execute(
             """
@@ -71,11 +178,28 @@ async def migrate(conn: Connection, sources: list[tuple[str, Path]]) -> list[str
             )
             """
         )
-        for namespace, directory in sources:
-            applied_now += await _apply_source(conn, namespace, discover(namespace, directory))
+        for (namespace, _), migrations in zip(sources, discovered, strict=True):
+            applied_now += await _apply_source(conn, namespace, migrations)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     return applied_now
+
+
+async def _lock(conn: Connection) -> None:
+    """Take the migration lock, polling rather than waiting inside the server.
+
+    A replica blocked in ``pg_advisory_lock`` is running a statement, so it
+    holds a snapshot; ``CREATE INDEX CONCURRENTLY`` in the replica holding the
+    lock waits for every older snapshot to end.  The two would deadlock, and
+    PostgreSQL would break it by failing one of them.  Between tries a waiting
+    replica is idle and holds none.
+    """
+    waiting = False
+    while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
+        if not waiting:
+            log.info("waiting for another replica's migrations")
+            waiting = True
+        await asyncio.sleep(_LOCK_POLL_SECONDS)
 
 
 async def _apply_source(conn: Connection, namespace: str, migrations: list[Migration]) -> list[str]:
@@ -86,22 +210,61 @@ async def _apply_source(conn: Connection, namespace: str, migrations: list[Migra
     highest = max(recorded, default=0)
     applied_now: list[str] = []
     for migration in migrations:
-        label = f"{namespace}/{migration.version:04d}_{migration.name}"
         if migration.version in recorded:
             if recorded[migration.version] != migration.checksum:
-                raise MigrationError(f"{label} was changed after it was applied")
+                raise MigrationError(f"{migration.label} was changed after it was applied")
             continue
         if migration.version < highest:
-            raise MigrationError(f"{label} is older than applied version {highest}")
-        async with conn.transaction():
-            await conn.execute(migration.sql)
-            await conn.execute(
-                "INSERT INTO schema_migrations (namespace, version, name, checksum)"
-                " VALUES ($1, $2, $3, $4)",
-                namespace,
-                migration.version,
-                migration.name,
-                migration.checksum,
-            )
-        applied_now.append(label)
+            raise MigrationError(f"{migration.label} is older than applied version {highest}")
+        if migration.statements_outside_transaction:
+            await _apply_outside_transaction(conn, migration)
+            await _record(conn, migration)
+        else:
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await _record(conn, migration)
+        applied_now.append(migration.label)
     return applied_now
+
+
+async def _apply_outside_transaction(conn: Connection, migration: Migration) -> None:
+    # Each statement is sent alone: several in one query run as one implicit
+    # transaction, which CONCURRENTLY refuses as well.
+    for statement in migration.statements_outside_transaction:
+        index = statement.builds_index
+        if index is not None and await _index_valid(conn, index) is False:
+            log.warning(
+                "dropping an invalid index an earlier failed build left",
+                extra={"migration": migration.label, "index": index},
+            )
+            await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index}")
+        await conn.execute(statement.sql)
+        if index is None:
+            continue
+        valid = await _index_valid(conn, index)
+        if valid is None:
+            raise MigrationError(
+                f"{migration.label}: no index {index} after its build"
+                " (is the name taken by another relation?)"
+            )
+        if not valid:
+            raise MigrationError(f"{migration.label}: index {index} is invalid after its build")
+
+
+async def _index_valid(conn: Connection, index: str) -> bool | None:
+    """Whether the index is valid; None if there is no index of that name."""
+    valid: bool | None = await conn.fetchval(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", index
+    )
+    return valid
+
+
+async def _record(conn: Connection, migration: Migration) -> None:
+    await conn.execute(
+        "INSERT INTO schema_migrations (namespace, version, name, checksum)"
+        " VALUES ($1, $2, $3, $4)",
+        migration.namespace,
+        migration.version,
+        migration.name,
+        migration.checksum,
+    )

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
+import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from shared import db, kafka, logs, retention
@@ -162,10 +163,16 @@ async def run_service(
     security = settings.kafka_security()
     producer = kafka.new_producer(settings.kafka_bootstrap, client_id=name, security=security)
     try:
-        async with pool.acquire() as conn:
+        # Not a pooled connection: the pool's command timeout would cancel an
+        # index build on a big table, which takes as long as it takes.
+        migrating = await asyncpg.connect(settings.database_url)
+        try:
             applied = await migrate(
-                conn, [("plumbing", PLUMBING_MIGRATIONS), *extra_migrations, (name, migrations)]
+                migrating,
+                [("plumbing", PLUMBING_MIGRATIONS), *extra_migrations, (name, migrations)],
             )
+        finally:
+            await migrating.close()
         if applied:
             log.info("migrations applied", extra={"migrations": applied})
         await _retry_until("Kafka", settings.startup_timeout_seconds, producer.start)

@@ -1,8 +1,13 @@
-"""Versioned migrations: applied once, recorded, never re-run or skipped."""
+"""Versioned migrations: applied once, recorded, never re-run or skipped.
+
+Also the ones that run outside a transaction to build an index concurrently:
+writes go on while they build, a failed build is retried from scratch.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,6 +15,7 @@ import asyncpg
 import pytest
 
 from shared.migrations import PLUMBING_MIGRATIONS, MigrationError, discover, migrate
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
@@ -145,3 +151,177 @@ async def test_two_replicas_starting_together_apply_each_migration_once(
         for connection in connections:
             await connection.close()
     assert sorted(results) == [[], [], ["svc/0001_slow"]]
+
+
+NO_TRANSACTION = "-- migration: no-transaction\n"
+ACCOUNTS = "CREATE TABLE accounts (id bigint PRIMARY KEY, email text NOT NULL);"
+
+
+async def index_valid(conn: asyncpg.Connection[asyncpg.Record], index: str) -> bool | None:
+    valid: bool | None = await conn.fetchval(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", index
+    )
+    return valid
+
+
+async def test_a_no_transaction_migration_builds_its_index_while_writes_go_on(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "svc"
+    write(folder, "0001_accounts.sql", ACCOUNTS)
+    migrating = await asyncpg.connect(fresh_database)
+    writer = await asyncpg.connect(fresh_database)
+    holder = await asyncpg.connect(fresh_database)
+    try:
+        await migrate(migrating, [("svc", folder)])
+        await writer.execute(
+            "INSERT INTO accounts SELECT n, 'a' || n || '@example.com'"
+            " FROM generate_series(1, 10000) AS n"
+        )
+        write(
+            folder,
+            "0002_accounts_by_email.sql",
+            NO_TRANSACTION + "CREATE INDEX CONCURRENTLY IF NOT EXISTS accounts_by_email\n"
+            "    ON accounts (email);\n",
+        )
+        # An open write transaction makes the build wait for it: the build is
+        # then certainly under way while the next write is tried.
+        opened = holder.transaction()
+        await opened.start()
+        await holder.execute("INSERT INTO accounts VALUES (0, 'early@example.com')")
+        building = asyncio.create_task(migrate(migrating, [("svc", folder)]))
+
+        async def build_waits() -> bool:
+            waiting: str | None = await writer.fetchval(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1",
+                migrating.get_server_pid(),
+            )
+            return waiting == "Lock"
+
+        await wait_for(build_waits, timeout=10, message="the index build never waited")
+        # A plain CREATE INDEX would hold a SHARE lock and queue this insert behind it.
+        await asyncio.wait_for(
+            writer.execute("INSERT INTO accounts VALUES (10001, 'during@example.com')"), 5
+        )
+        await opened.commit()
+        assert await asyncio.wait_for(building, 30) == ["svc/0002_accounts_by_email"]
+        assert await index_valid(writer, "accounts_by_email") is True
+        assert await recorded(writer) == [("svc", 1, "accounts"), ("svc", 2, "accounts_by_email")]
+        assert await migrate(migrating, [("svc", folder)]) == []
+    finally:
+        for connection in (migrating, writer, holder):
+            await connection.close()
+
+
+async def test_replicas_starting_together_run_a_no_transaction_migration_once(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "svc"
+    # The first migration holds the lock long enough for the others to queue;
+    # the concurrent build then runs while they wait (waiting inside the
+    # server, they would deadlock with it).
+    write(folder, "0001_accounts.sql", "SELECT pg_sleep(0.3); " + ACCOUNTS)
+    write(
+        folder,
+        "0002_accounts_by_email.sql",
+        NO_TRANSACTION + "CREATE INDEX CONCURRENTLY IF NOT EXISTS accounts_by_email"
+        " ON accounts (email);\n",
+    )
+    connections = [await asyncpg.connect(fresh_database) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(migrate(c, [("svc", folder)]) for c in connections))
+        assert sorted(results) == [[], [], ["svc/0001_accounts", "svc/0002_accounts_by_email"]]
+        assert await index_valid(connections[0], "accounts_by_email") is True
+    finally:
+        for connection in connections:
+            await connection.close()
+
+
+async def test_a_failed_concurrent_build_is_rebuilt_valid_once_the_data_allows(
+    conn: asyncpg.Connection[asyncpg.Record], tmp_path: Path
+) -> None:
+    folder = tmp_path / "svc"
+    write(folder, "0001_accounts.sql", ACCOUNTS)
+    await migrate(conn, [("svc", folder)])
+    await conn.execute(
+        "INSERT INTO accounts VALUES (1, 'same@example.com'), (2, 'same@example.com')"
+    )
+    write(
+        folder,
+        "0002_one_account_per_email.sql",
+        NO_TRANSACTION
+        + "-- Emails are unique from now on.\n"
+        + "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS accounts_email_unique\n"
+        + "    ON accounts (email);\n",
+    )
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await migrate(conn, [("svc", folder)])
+    # What PostgreSQL leaves behind, and what IF NOT EXISTS alone would then skip.
+    assert await index_valid(conn, "accounts_email_unique") is False
+    assert await recorded(conn) == [("svc", 1, "accounts")]
+
+    await conn.execute("DELETE FROM accounts WHERE id = 2")
+    assert await migrate(conn, [("svc", folder)]) == ["svc/0002_one_account_per_email"]
+    assert await index_valid(conn, "accounts_email_unique") is True
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await conn.execute("INSERT INTO accounts VALUES (3, 'same@example.com')")
+
+
+async def test_an_index_name_taken_by_another_relation_fails_loudly(
+    conn: asyncpg.Connection[asyncpg.Record], tmp_path: Path
+) -> None:
+    folder = tmp_path / "svc"
+    write(folder, "0001_accounts.sql", ACCOUNTS + " CREATE TABLE accounts_by_email (id text);")
+    write(
+        folder,
+        "0002_accounts_by_email.sql",
+        NO_TRANSACTION + "CREATE INDEX CONCURRENTLY IF NOT EXISTS accounts_by_email"
+        " ON accounts (email);\n",
+    )
+    with pytest.raises(MigrationError, match="no index accounts_by_email after its build"):
+        await migrate(conn, [("svc", folder)])
+    assert await recorded(conn) == [("svc", 1, "accounts")]
+
+
+@pytest.mark.parametrize(
+    "first_line",
+    [
+        "-- migration: no-transation",
+        "-- migrations: no-transaction",
+        "--no-transaction",
+        "-- Accounts are found by email.",
+    ],
+)
+async def test_concurrently_without_the_exact_directive_is_refused_before_anything_runs(
+    conn: asyncpg.Connection[asyncpg.Record], tmp_path: Path, first_line: str
+) -> None:
+    folder = tmp_path / "svc"
+    write(folder, "0001_accounts.sql", ACCOUNTS)
+    write(
+        folder,
+        "0002_accounts_by_email.sql",
+        first_line + "\nCREATE INDEX CONCURRENTLY IF NOT EXISTS accounts_by_email"
+        " ON accounts (email);\n",
+    )
+    with pytest.raises(MigrationError, match=re.escape("0002_accounts_by_email.sql")):
+        await migrate(conn, [("svc", folder)])
+    assert "accounts" not in await tables(conn)
+
+
+async def test_an_applied_no_transaction_migration_is_checked_like_any_other(
+    conn: asyncpg.Connection[asyncpg.Record], tmp_path: Path
+) -> None:
+    folder = tmp_path / "svc"
+    write(folder, "0001_accounts.sql", ACCOUNTS)
+    build = "CREATE INDEX CONCURRENTLY IF NOT EXISTS accounts_by_email ON accounts (email);\n"
+    write(folder, "0003_accounts_by_email.sql", NO_TRANSACTION + build)
+    await migrate(conn, [("svc", folder)])
+
+    write(folder, "0002_late.sql", NO_TRANSACTION + build.replace("email)", "email, id)"))
+    with pytest.raises(MigrationError, match="older than applied version 3"):
+        await migrate(conn, [("svc", folder)])
+    (folder / "0002_late.sql").unlink()
+
+    write(folder, "0003_accounts_by_email.sql", NO_TRANSACTION + build.replace("email)", "id)"))
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        await migrate(conn, [("svc", folder)])
