@@ -233,6 +233,16 @@ async def _apply_outside_transaction(conn: Connection, migration: Migration) -> 
     for statement in migration.statements_outside_transaction:
         index = statement.builds_index
         if index is not None and await _index_valid(conn, index) is False:
+            # An index being built right now is invalid too until it is done.
+            builder = await conn.fetchval(
+                "SELECT pid FROM pg_stat_progress_create_index WHERE index_relid = to_regclass($1)",
+                index,
+            )
+            if builder is not None:
+                raise MigrationError(
+                    f"{migration.label}: index {index} is being built by another session"
+                    f" (pid {builder}); start again once it is done"
+                )
             log.warning(
                 "dropping an invalid index an earlier failed build left",
                 extra={"migration": migration.label, "index": index},

@@ -267,6 +267,43 @@ async def test_a_failed_concurrent_build_is_rebuilt_valid_once_the_data_allows(
         await conn.execute("INSERT INTO accounts VALUES (3, 'same@example.com')")
 
 
+async def test_an_index_someone_is_building_by_hand_is_not_dropped_under_them(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "svc"
+    write(folder, "0001_accounts.sql", ACCOUNTS)
+    build = "CREATE INDEX CONCURRENTLY IF NOT EXISTS accounts_by_email ON accounts (email);\n"
+    migrating = await asyncpg.connect(fresh_database)
+    by_hand = await asyncpg.connect(fresh_database)
+    holder = await asyncpg.connect(fresh_database)
+    try:
+        await migrate(migrating, [("svc", folder)])
+        write(folder, "0002_accounts_by_email.sql", NO_TRANSACTION + build)
+        # The open transaction holds the build by hand halfway, its index invalid.
+        opened = holder.transaction()
+        await opened.start()
+        await holder.execute("INSERT INTO accounts VALUES (1, 'early@example.com')")
+        building = asyncio.create_task(by_hand.execute(build))
+        await wait_for(
+            lambda: migrating.fetchval(
+                "SELECT true FROM pg_stat_progress_create_index WHERE pid = $1",
+                by_hand.get_server_pid(),
+            ),
+            timeout=10,
+            message="the build by hand never started",
+        )
+        with pytest.raises(MigrationError, match="being built by another session"):
+            await migrate(migrating, [("svc", folder)])
+
+        await opened.commit()
+        await asyncio.wait_for(building, 30)
+        assert await migrate(migrating, [("svc", folder)]) == ["svc/0002_accounts_by_email"]
+        assert await index_valid(migrating, "accounts_by_email") is True
+    finally:
+        for connection in (migrating, by_hand, holder):
+            await connection.close()
+
+
 async def test_an_index_name_taken_by_another_relation_fails_loudly(
     conn: asyncpg.Connection[asyncpg.Record], tmp_path: Path
 ) -> None:
