@@ -664,8 +664,8 @@ class BatchConsumer:
         read (``PositionMoved``: a concurrent writer is waited for, then
         retried against).  So an event at or below the position was applied,
         exactly once, and anything redelivered, duplicated (a second event id
-        with the same number included) or replayed from offset 0 is skipped as
-        stale; one still parked is skipped as already waiting.  A row per
+        with the same number included) or replayed from offset 0 is skipped
+        (counted as a duplicate); one still parked is skipped as already waiting.  A row per
         event would only repeat that, at ~12 us of PostgreSQL per event.
         Events without a sequence, and every event of other consumers, keep
         their dedupe row.

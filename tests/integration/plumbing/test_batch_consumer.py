@@ -10,7 +10,9 @@
 * "latest": an event older than the last applied for its key is skipped.
 * "strict" dedupes sequenced events by their key's position, not by a row
   per event: a whole topic read again applies nothing twice, and a position
-  moved by a concurrent transaction makes the other one retry.
+  moved by a concurrent transaction makes the other one retry;
+* "strict": an event parked by one member while another applies its
+  predecessor is never left waiting, whichever commits first.
 """
 
 from __future__ import annotations
