@@ -106,6 +106,7 @@ class PermanentError(Exception):
 
 
 class Failure(enum.Enum):
+    CONCURRENT = "concurrent"  # another member moved a key's position: retry at once
     TRANSIENT = "transient"  # the database cannot serve now: retry without limit
     PERMANENT = "permanent"  # dead-letter at once
     RETRYABLE = "retryable"  # maybe a fluke: retry a bounded number of times
@@ -113,8 +114,7 @@ class Failure(enum.Enum):
 
 # What PostgreSQL (or the driver) answers when the server, not the event, is the
 # problem: shutting down, starting up, out of connections, the link lost, or a
-# conflict with a concurrent transaction that a retry resolves (an aggregate's
-# position moved by another member, too).
+# conflict with a concurrent transaction that a retry resolves.
 _SERVER_NOT_NOW: tuple[type[BaseException], ...] = (
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
@@ -124,7 +124,6 @@ _SERVER_NOT_NOW: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.PostgresConnectionError,
     asyncpg.ConnectionDoesNotExistError,
-    PositionMoved,
 )
 
 
@@ -139,6 +138,8 @@ def classify(error: BaseException) -> Failure:
     """
     if isinstance(error, PermanentError):
         return Failure.PERMANENT
+    if isinstance(error, PositionMoved):
+        return Failure.CONCURRENT
     if isinstance(error, _SERVER_NOT_NOW):
         return Failure.TRANSIENT
     # TimeoutError is an OSError: ask about it first.
@@ -474,7 +475,8 @@ class BatchConsumer:
     ) -> Exception | None:
         """Run ``attempt`` until it succeeds or fails for good; the error it failed with.
 
-        The database being unavailable is waited out without limit.  Any other
+        A key's position moved by a concurrent member is retried at once (it is
+        no failure), the database being unavailable waited out without limit.  Any other
         failure ends it at once, unless ``bounded``: then it is retried until
         ``RetryPolicy.max_attempts`` failures, unless the error is a
         ``PermanentError``.  ``failed_with``: the error of an attempt already
@@ -488,6 +490,16 @@ class BatchConsumer:
             if error is None:
                 return None
             kind = classify(error)
+            if kind is Failure.CONCURRENT:
+                # Nothing failed: another transaction committed first, and the
+                # next attempt reads what it wrote.  Each one is progress, so no
+                # backoff, and an outage after it backs off from the start.
+                log.info(
+                    "position moved by a concurrent member, retrying",
+                    extra={"consumer": self.name, "error": str(error)},
+                )
+                error = None
+                continue
             if kind is Failure.TRANSIENT:
                 log.warning(
                     "database unavailable, will retry",
@@ -612,7 +624,7 @@ class BatchConsumer:
             async with self._pool.acquire() as conn, conn.transaction():
                 fresh = await self._dedupe(conn, list(first_seen.values()))
                 new = len(fresh)
-                stale = parked = 0
+                stale = parked = duplicate = 0
                 if self._sequencing is not None and fresh:
                     admission = await admit(
                         conn,
@@ -628,6 +640,7 @@ class BatchConsumer:
                         release=release,
                     )
                     fresh, stale, parked = admission.apply, admission.stale, admission.parked
+                    duplicate = admission.duplicate  # strict: redelivered, known by position
                     outcome.released = admission.released
                     if self._sequencing == "strict":
                         outcome.replayed_keys = admission.stale_keys
@@ -636,7 +649,7 @@ class BatchConsumer:
         finally:
             logs.correlation_id.reset(token)
         _count("applied", self.name, len(fresh))
-        _count("duplicate", self.name, len(items) - new)
+        _count("duplicate", self.name, len(items) - new + duplicate)
         _count("stale", self.name, stale)
         _count("parked", self.name, parked)
 
@@ -651,8 +664,8 @@ class BatchConsumer:
         read (``PositionMoved``: a concurrent writer is waited for, then
         retried against).  So an event at or below the position was applied,
         exactly once, and anything redelivered, duplicated (a second event id
-        with the same number included) or replayed from offset 0 is skipped as
-        stale; one still parked is skipped as already waiting.  A row per
+        with the same number included) or replayed from offset 0 is skipped
+        (counted as a duplicate); one still parked is skipped as already waiting.  A row per
         event would only repeat that, at ~12 us of PostgreSQL per event.
         Events without a sequence, and every event of other consumers, keep
         their dedupe row.

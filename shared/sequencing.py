@@ -6,7 +6,8 @@ transaction as the effects.  Two modes:
 
 * ``"strict"`` (a topic whose consumers need every step, such as the orders
   topic keyed by order id): the next number applies; an older or repeated one
-  is stale and skipped; a later one is *parked* (``parked_events``), never
+  was applied already (the outbox gives a number to one event only), so the
+  event is a duplicate and skipped; a later one is *parked* (``parked_events``), never
   applied out of order, and released, in order and in the same transaction,
   as soon as the missing one applies.  A gap that never fills (its event was
   dead-lettered, say) keeps its successors parked for an operator to see with
@@ -14,6 +15,31 @@ transaction as the effects.  Two modes:
 * ``"latest"`` (compacted full-state topics such as ``catalog.*``): an event
   applies only if it is newer than the last applied for its key; gaps are
   normal (compaction removed the steps between), so nothing is parked.
+
+Parking while another member applies.  Two members (or one and a redelivery)
+can meet on a key at position n-1: one parks n+1, the other applies n.
+Unlocked, each reads before the other commits: the parker sees n-1 and parks,
+the applier sees nothing parked and releases nothing, and n+1 waits for an
+event that never comes again (an order's last event would wait for ever).  So
+both take the key's position row, and whoever takes it second sees the
+other's work.  The applier takes it by moving the position (the conditional
+write of ``_move_positions``); the parker by the same write, from the number
+it read to that same number (a key without a row gets one at 0, which the
+applier's insert then meets).  Under READ COMMITTED a statement sees what was
+committed before it began; one that waited for a row lock then sees that
+row's newest version, and nothing else the other transaction wrote.  Hence:
+
+* the applier wrote first: the parker's write waits, then finds the position
+  moved (n, not n-1): ``PositionMoved``; retried, it reads n and applies n+1;
+* the parker wrote first: the applier's write waits until the parker commits,
+  and its next statement (``_refuse_parked_meanwhile``: a statement of its
+  own, for the reason above) sees n+1 parked: ``PositionMoved``; retried, the
+  chunk reads n+1 and releases it with n.
+
+``take_ready`` moves a position the same way, and its caller takes again, in a
+new transaction, until nothing is ready: an event parked behind it is seen.
+The cost falls on parking (one row write) and on one indexed read per chunk
+that moved positions.
 
 When a transaction that released parked events fails, the runner cannot tell
 which event failed: it applies the gap-filler alone (``release=False``), then
@@ -56,14 +82,22 @@ class Delivery(msgspec.Struct, frozen=True, gc=False):
 
 class Verdict(enum.Enum):
     APPLY = "apply"
-    STALE = "stale"  # already applied, or older than what was: skip
+    DUPLICATE = "duplicate"  # strict: its number applied already, so this event did: skip
+    STALE = "stale"  # latest: older than what applied, superseded: skip
     PARK = "park"  # ahead of a gap: keep until the gap fills
 
 
 def verdict(mode: Sequencing, last_applied: int, sequence: int) -> Verdict:
-    """What to do with ``sequence`` when ``last_applied`` (0: none yet) is the key's position."""
+    """What to do with ``sequence`` when ``last_applied`` (0: none yet) is the key's position.
+
+    In strict order every number up to the position applied, and a number
+    belongs to one event: one at or below it is a redelivery (a strict
+    consumer keeps no per-event dedupe row to tell it otherwise).  In latest
+    order numbers are skipped, and events reaching here passed the event-id
+    dedupe: one at or below the position is older news, stale.
+    """
     if sequence <= last_applied:
-        return Verdict.STALE
+        return Verdict.DUPLICATE if mode == "strict" else Verdict.STALE
     if mode == "latest" or sequence == last_applied + 1:
         return Verdict.APPLY
     return Verdict.PARK
@@ -77,9 +111,11 @@ class Plan:
     positions: dict[str, int] = field(default_factory=dict)  # key -> new last applied
     park: list[Delivery] = field(default_factory=list)
     released: list[tuple[str, int]] = field(default_factory=list)  # parked rows now applied
-    stale: int = 0
-    # Keys of the events skipped as stale (already applied, or already waiting):
-    # most are redeliveries, whose parked successors the runner releases.
+    stale: int = 0  # older than what applied (latest), or out of order without a number
+    duplicate: int = 0  # applied already, or waiting already as this very event
+    # Keys of the events skipped as applied or waiting already (or claiming a
+    # number that is): most are redeliveries, whose parked successors the
+    # runner releases.
     stale_keys: list[str] = field(default_factory=list)
 
 
@@ -113,13 +149,19 @@ def plan(
                 result.apply.append(delivery)
             continue
         decision = verdict(mode, last.get(key, 0), sequence)
-        if decision is Verdict.STALE:
-            result.stale += 1
+        if decision is Verdict.STALE or decision is Verdict.DUPLICATE:
             result.stale_keys.append(key)
+            if decision is Verdict.STALE:
+                result.stale += 1
+            else:
+                result.duplicate += 1
         elif decision is Verdict.PARK:
-            if sequence in waiting.setdefault(key, {}):
-                result.stale += 1  # a second event claiming a number already waiting
+            if (copy := waiting.setdefault(key, {}).get(sequence)) is not None:
                 result.stale_keys.append(key)
+                if copy.envelope.event_id == delivery.envelope.event_id:
+                    result.duplicate += 1  # parked already: redelivered
+                else:
+                    result.stale += 1  # a second event claiming a number already waiting
             else:
                 waiting[key][sequence] = delivery
                 parked_now[(key, sequence)] = delivery
@@ -162,6 +204,7 @@ class Admission:
     parked: int
     released: int
     stale_keys: list[str] = field(default_factory=list)
+    duplicate: int = 0
 
 
 class PositionMoved(Exception):
@@ -220,8 +263,16 @@ async def admit(
         ):
             waiting.setdefault(row["key"], {})[row["sequence"]] = decode(row["message"])
     decided = plan(mode, positions, waiting, fresh, release=release)
-    if decided.positions:
-        await _move_positions(conn, consumer, topic, positions, decided.positions)
+    # A key that parks takes its position row too, writing back the number it
+    # read (a key without one gets one at 0): see "Parking while another
+    # member applies" above.
+    held = dict(decided.positions)
+    for delivery in decided.park:
+        held.setdefault(delivery.envelope.key, positions.get(delivery.envelope.key, 0))
+    if held:
+        await _move_positions(conn, consumer, topic, positions, held)
+    if release and decided.positions and mode == "strict":
+        await _refuse_parked_meanwhile(conn, consumer, topic, decided.positions)
     if decided.park:
         await conn.execute(
             "INSERT INTO parked_events (consumer, topic, key, sequence, event_id, message)"
@@ -249,6 +300,7 @@ async def admit(
         parked=len(decided.park),
         released=len(decided.released),
         stale_keys=decided.stale_keys,
+        duplicate=decided.duplicate,
     )
 
 
@@ -301,6 +353,29 @@ async def _move_positions(
         )
     if written != len(moved):
         raise PositionMoved(f"{len(moved) - written} positions of {consumer} moved meanwhile")
+
+
+async def _refuse_parked_meanwhile(
+    conn: Connection, consumer: str, topic: str, moved: dict[str, int]
+) -> None:
+    """Raise ``PositionMoved`` if an event now waits right behind a position just moved.
+
+    The plan released every successor it read, so one there now was parked by
+    a transaction that committed after that read: retried, the chunk reads it
+    and releases it.  A statement of its own, after the positions were
+    written: see "Parking while another member applies" above.
+    """
+    keys = sorted(moved)
+    waiting = await conn.fetchval(
+        "SELECT count(*) FROM parked_events WHERE consumer = $1 AND topic = $2"
+        " AND (key, sequence) IN (SELECT unnest($3::text[]), unnest($4::bigint[]))",
+        consumer,
+        topic,
+        keys,
+        [moved[key] + 1 for key in keys],
+    )
+    if waiting:
+        raise PositionMoved(f"{waiting} events of {consumer} were parked meanwhile")
 
 
 async def take_ready(

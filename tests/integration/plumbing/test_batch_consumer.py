@@ -10,7 +10,9 @@
 * "latest": an event older than the last applied for its key is skipped.
 * "strict" dedupes sequenced events by their key's position, not by a row
   per event: a whole topic read again applies nothing twice, and a position
-  moved by a concurrent transaction makes the other one retry.
+  moved by a concurrent transaction makes the other one retry;
+* "strict": an event parked by one member while another applies its
+  predecessor is never left waiting, whichever commits first.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from prometheus_client import REGISTRY
 
 from shared import db, kafka
 from shared.consumer import BatchConsumer, Delivery, RetryPolicy
-from shared.contracts.envelope import EventRegistry
+from shared.contracts.envelope import EventRegistry, decode_envelope
 from shared.sequencing import PositionMoved, Sequencing, admit, parked_events, take_ready
 from tests.support.consuming import (
     caught_up,
@@ -254,7 +256,8 @@ async def test_strict_parks_an_event_ahead_of_a_gap_and_applies_it_in_order_once
         assert [(p.key, p.sequence, p.waiting_for) for p in parked] == [("o1", 3, 2), ("o1", 4, 2)]
         assert [row["n"] for row in await pool.fetch("SELECT n FROM effects")] == [1]
 
-        # The missing one, then a stale repeat of 2 (a new event id) and of 1.
+        # The missing one, then repeats of 2 (a new event id) and of 1: numbers
+        # that applied, which the outbox gives to one event only, so duplicates.
         await produce_sequenced(infra, topic, [("o1", 2, 2)])
         await caught_up(infra, consumer.name, topic)
         await produce_sequenced(infra, topic, [("o1", 2, 20), ("o1", 1, 10), ("o1", 5, 5)])
@@ -265,7 +268,8 @@ async def test_strict_parks_an_event_ahead_of_a_gap_and_applies_it_in_order_once
         assert [("o1", 2), ("o1", 3), ("o1", 4)] in handed  # released in sequence order
         async with pool.acquire() as conn:
             assert await parked_events(conn, consumer.name) == []
-        assert consumed(consumer.name, "stale") == 2
+        assert consumed(consumer.name, "duplicate") == 2
+        assert consumed(consumer.name, "stale") == 0
         assert consumed(consumer.name, "parked") == 2
         position = await pool.fetchval(
             "SELECT sequence FROM consumer_positions WHERE consumer = $1 AND key = 'o1'",
@@ -350,11 +354,11 @@ async def test_strict_releases_what_waits_when_the_gap_filler_is_redelivered(
         await produce_sequenced(infra, topic, [("o1", 2, 2)])
         await caught_up(infra, c.name, topic)
         # What that crash leaves behind: 1's position (a strict consumer's dedupe
-        # for a sequenced event), 2 still parked.
+        # for a sequenced event), 2 still parked.  (Parking 2 made o1's row, at 0.)
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                "INSERT INTO consumer_positions (consumer, topic, key, sequence)"
-                " VALUES ($1, $2, 'o1', 1)",
+                "UPDATE consumer_positions SET sequence = 1"
+                " WHERE consumer = $1 AND topic = $2 AND key = 'o1'",
                 c.name,
                 topic,
             )
@@ -397,7 +401,9 @@ async def test_strict_dedupes_sequenced_events_by_position_alone(
     rows = await pool.fetchval("SELECT count(*) FROM processed_events WHERE consumer = $1", name)
     assert rows == 1  # the unsequenced event's alone
     assert consumed(name, "applied") == 15 + 1
-    assert consumed(name, "stale") >= 1 + 15  # the claim on o0's 2, then the whole replay
+    # Redelivered, not stale: o0's 2 twice more, then the whole replay (18 messages).
+    assert consumed(name, "duplicate") >= 2 + 18
+    assert consumed(name, "stale") == 0
 
 
 @pytest.mark.parametrize("known", [False, True], ids=["new key", "known key"])
@@ -497,6 +503,70 @@ async def test_releasing_a_parked_event_its_redelivery_just_applied_retries_inst
             taken = None
         await taking.rollback()
     assert taken is None, "the parked copy of an event just applied was released again"
+
+
+@pytest.mark.parametrize("known", [False, True], ids=["new key", "known key"])
+@pytest.mark.parametrize("parker_first", [True, False], ids=["parker first", "applier first"])
+async def test_an_event_parked_while_its_predecessor_applies_is_never_left_waiting(
+    pool: db.Pool, known: bool, parker_first: bool
+) -> None:
+    """Two members: one parks n+1 (it read the position as n-1) while the other applies n.
+
+    Whichever transaction commits first, the event must not stay parked behind
+    a number that has applied: either the parker finds n applied and applies
+    n+1 itself, or the applier finds n+1 parked and releases it.  The first
+    transaction is held open after its admission until the second has either
+    finished or is waiting for it.
+    """
+    n = 2 if known else 1
+    if known:
+        await pool.execute(
+            "INSERT INTO consumer_positions (consumer, topic, key, sequence)"
+            " VALUES ('racing', 't', 'o1', 1)"
+        )
+    made = {s: ping_message(s, "o1", s) for s in (n, n + 1)}
+    deliveries = {s: Delivery(envelope, Ping(n=s)) for s, (_, _, envelope) in made.items()}
+    by_id = {envelope.event_id: deliveries[s] for s, (_, _, envelope) in made.items()}
+    messages = {envelope.event_id: message for _, message, envelope in made.values()}
+
+    async def admitting(
+        conn: db.Connection, sequence: int, held: asyncio.Event, gate: asyncio.Event | None
+    ) -> list[int | None]:
+        """Admit one event as the consumer does, retrying a moved position; what applied."""
+        while True:
+            try:
+                async with conn.transaction():
+                    admission = await admit(
+                        conn, consumer="racing", topic="t", mode="strict",
+                        fresh=[deliveries[sequence]], messages=messages,
+                        decode=lambda message: by_id[decode_envelope(message).event_id],
+                    )  # fmt: skip
+                    held.set()
+                    if gate is not None:
+                        await gate.wait()
+            except PositionMoved:
+                gate = None
+                continue
+            return [d.envelope.sequence for d in admission.apply]
+
+    first, second = (n + 1, n) if parker_first else (n, n + 1)
+    first_held, gate = asyncio.Event(), asyncio.Event()
+    async with pool.acquire() as one, pool.acquire() as two:
+        holding = asyncio.create_task(admitting(one, first, first_held, gate))
+        await wait_for(first_held.is_set, message="the first transaction did not admit")
+        racing = asyncio.create_task(admitting(two, second, asyncio.Event(), None))
+        pid = two.get_server_pid()
+        await wait_for(
+            lambda: racing.done() or waiting_on_a_lock(pool, pid),
+            message="the second transaction neither finished nor waited",
+        )
+        gate.set()
+        applied = await holding + await racing
+    assert sorted(s for s in applied if s is not None) == [n, n + 1]
+    async with pool.acquire() as conn:
+        assert await parked_events(conn, "racing") == [], "n+1 was left parked behind n"
+    position = await pool.fetchval("SELECT sequence FROM consumer_positions WHERE key = 'o1'")
+    assert position == n + 1
 
 
 async def waiting_on_a_lock(pool: db.Pool, pid: int) -> bool:

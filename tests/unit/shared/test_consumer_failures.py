@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Sequence
+from typing import cast
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.consumer import Failure, PermanentError, classify, halves
+from shared import db
+from shared.consumer import (
+    BatchConsumer,
+    Delivery,
+    Failure,
+    PermanentError,
+    RetryPolicy,
+    _Partition,
+    classify,
+    halves,
+)
+from shared.contracts.envelope import EventRegistry
+from shared.sequencing import PositionMoved
+from tests.support.events import Ping
 
 
 def refused_by_the_server() -> BaseException:
@@ -89,6 +106,42 @@ def test_the_handlers_own_failures_are_retried_a_bounded_number_of_times(
 
 def test_a_permanent_error_is_dead_lettered_at_once() -> None:
     assert classify(PermanentError("offering does not exist")) is Failure.PERMANENT
+
+
+def test_a_position_moved_by_another_member_is_no_failure() -> None:
+    assert classify(PositionMoved("1 positions of ledger moved meanwhile")) is Failure.CONCURRENT
+
+
+async def test_a_moved_position_is_retried_at_once_without_backoff_or_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another member committed first: the next attempt reads what it wrote.
+
+    It is logged as what it is, and retried without the minute's backoff the
+    policy would take after a database outage.
+    """
+
+    async def ignore(conn: db.Connection, deliveries: Sequence[Delivery]) -> None:
+        raise AssertionError("no event is handled here")
+
+    consumer = BatchConsumer(
+        name="racing", bootstrap="127.0.0.1:1", topics=["t"], registry=EventRegistry([Ping]),
+        handler=ignore, pool=cast(db.Pool, None), producer=cast(AIOKafkaProducer, None),
+        retry=RetryPolicy(first_backoff=60, max_backoff=60),
+    )  # fmt: skip
+    attempts = 0
+
+    async def attempt() -> Exception | None:
+        nonlocal attempts
+        attempts += 1
+        return PositionMoved("1 positions of racing moved meanwhile") if attempts < 4 else None
+
+    with caplog.at_level(logging.INFO, logger="shared.consumer"):
+        settled = consumer._settle(TopicPartition("t", 0), _Partition(), attempt, bounded=True)
+        assert await asyncio.wait_for(settled, 5) is None
+    assert attempts == 4
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "shared.consumer"]
+    assert logged == [(logging.INFO, "position moved by a concurrent member, retrying")] * 3
 
 
 @given(st.integers(min_value=2, max_value=2000), st.data())

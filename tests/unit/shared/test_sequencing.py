@@ -21,8 +21,8 @@ def sequences(deliveries: list[Delivery]) -> list[int | None]:
 
 def test_strict_applies_the_next_skips_the_old_and_parks_what_is_ahead() -> None:
     assert verdict("strict", 3, 4) is Verdict.APPLY
-    assert verdict("strict", 3, 3) is Verdict.STALE
-    assert verdict("strict", 3, 1) is Verdict.STALE
+    assert verdict("strict", 3, 3) is Verdict.DUPLICATE
+    assert verdict("strict", 3, 1) is Verdict.DUPLICATE
     assert verdict("strict", 3, 5) is Verdict.PARK
     assert verdict("strict", 0, 1) is Verdict.APPLY
     assert verdict("strict", 0, 2) is Verdict.PARK
@@ -88,7 +88,7 @@ def test_an_event_applied_while_its_copy_waits_parked_takes_the_copy_out() -> No
 
 def test_stale_duplicates_and_unsequenced_events() -> None:
     chunk = [
-        delivery("o", 2),
+        delivery("o", 2),  # applied already: redelivered
         delivery("o", 5),
         delivery("o", 5),  # a second event claiming a waiting number
         delivery("p", None),
@@ -96,9 +96,26 @@ def test_stale_duplicates_and_unsequenced_events() -> None:
     ]
     decided = plan("strict", {"o": 2}, {}, chunk)
     assert sequences(decided.apply) == [None, 3]
-    assert decided.stale == 2
+    assert (decided.duplicate, decided.stale) == (1, 1)
+    assert decided.stale_keys == ["o", "o"]
     assert sequences(decided.park) == [5]
     assert decided.positions == {"o": 3}
+
+
+def test_strict_counts_a_redelivery_as_duplicate_latest_older_news_as_stale() -> None:
+    """Strict keeps no dedupe row per event: its position says the event applied already.
+
+    Latest consumers dedupe by event id before sequencing, so what reaches the
+    plan at or below the position is an older event, superseded: stale.
+    """
+    waiting = delivery("o", 5)
+    chunk = [delivery("o", 1), delivery("o", 3), waiting]
+    decided = plan("strict", {"o": 3}, {"o": {5: waiting}}, chunk)
+    assert decided.apply == []
+    assert (decided.duplicate, decided.stale) == (3, 0)  # two applied, one parked already
+    assert decided.park == []
+    latest = plan("latest", {"o": 3}, {}, [delivery("o", 1), delivery("o", 3)])
+    assert (latest.duplicate, latest.stale) == (0, 2)
 
 
 def test_latest_keeps_the_newest_of_each_key() -> None:
