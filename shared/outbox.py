@@ -254,12 +254,12 @@ class OutboxRelay:
                 return 0
             await self._send_all(rows)
             # Marked sent only once every message is acknowledged by the broker,
-            # in a transaction of its own that lasts one statement.
-            async with conn.transaction():
-                await conn.execute(
-                    "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
-                    [row["id"] for row in rows],
-                )
+            # by one statement outside any transaction block (autocommit): it is
+            # atomic on its own, and BEGIN/COMMIT would add two round trips a pass.
+            await conn.execute(
+                "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
+                [row["id"] for row in rows],
+            )
         except BaseException:
             # The connection may be broken, and the lock with it: stand again next pass.
             await self._resign()

@@ -67,6 +67,7 @@ def order_consumer(
     producer: AIOKafkaProducer,
     group_id: str | None = None,
     max_batch: int = 2_000,
+    linger_seconds: float = 0.0,
     security: KafkaSecurity = PLAINTEXT,
 ) -> BatchConsumer:
     """Chunks of one partition's new events, one transaction each; an order's events in
@@ -83,5 +84,6 @@ def order_consumer(
         producer=producer,
         group_id=group_id,
         max_batch=max_batch,
+        linger_seconds=linger_seconds,
         sequencing="strict",
     )
