@@ -29,7 +29,7 @@ carries its aggregate's sequence number the outbox refuses a duplicate number
 an idempotent producer, and only one relay leads at a time.
 
 Waking the relay: a pass that published a full batch is followed at once by
-another, one that published less after ``linger_seconds`` (a pass costs four
+another, one that published less after ``linger_seconds`` (a pass costs two
 round trips to PostgreSQL and one to Kafka whatever its size, on the loop and the
 database the service's requests use: at 200 orders/s, passing at once made
 80 passes a second of about ten rows each); an idle relay looks again every
