@@ -8,6 +8,7 @@ from typing import Annotated
 import msgspec
 
 from services.settlement.consumers import (
+    LINGER_SECONDS,
     OrderEventBooker,
     collect_garbage_for_batches,
     order_consumer,
@@ -35,7 +36,7 @@ class SettlementSettings(ServiceSettings, kw_only=True):
     # How long the ledger's consumer waits for more of a partition's events
     # before booking a chunk smaller than a full one (SETTLEMENT_CONSUMER_LINGER_SECONDS):
     # a transaction's fixed cost shared by more events, for at most this delay.
-    consumer_linger_seconds: Annotated[float, msgspec.Meta(ge=0, le=5)] = 0.1
+    consumer_linger_seconds: Annotated[float, msgspec.Meta(ge=0, le=5)] = LINGER_SECONDS
 
 
 def composer(settings: SettlementSettings) -> Compose:
