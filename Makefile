@@ -46,6 +46,7 @@ test: lint typecheck
 bench: deps
 	uv run python -m bench.catalog_browse
 	uv run python -m bench.settlement_backlog
+	uv run python -m bench.settlement_steady
 	uv run python -m bench.orders_place --profile
 	uv run python -m bench.pipeline --profile orders
 

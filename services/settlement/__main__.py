@@ -8,6 +8,7 @@ from typing import Annotated
 import msgspec
 
 from services.settlement.consumers import (
+    LINGER_SECONDS,
     OrderEventBooker,
     collect_garbage_for_batches,
     order_consumer,
@@ -32,6 +33,10 @@ class SettlementSettings(ServiceSettings, kw_only=True):
     fee_bps: Annotated[int, msgspec.Meta(ge=0, le=FULL_BPS)] = DEFAULT_FEE_BPS
     # The Kafka consumer group; tests and replays use a group of their own.
     consumer_group: str = "settlement-ledger"
+    # How long the ledger's consumer waits for more of a partition's events
+    # before booking a chunk smaller than a full one (SETTLEMENT_CONSUMER_LINGER_SECONDS):
+    # a transaction's fixed cost shared by more events, for at most this delay.
+    consumer_linger_seconds: Annotated[float, msgspec.Meta(ge=0, le=5)] = LINGER_SECONDS
 
 
 def composer(settings: SettlementSettings) -> Compose:
@@ -43,6 +48,7 @@ def composer(settings: SettlementSettings) -> Compose:
             pool=runtime.pool,
             producer=runtime.producer,
             group_id=settings.consumer_group,
+            linger_seconds=settings.consumer_linger_seconds,
             security=settings.kafka_security(),
         )
         return account_generations.wire(runtime).composition(

@@ -13,13 +13,18 @@
   moved by a concurrent transaction makes the other one retry;
 * "strict": an event parked by one member while another applies its
   predecessor is never left waiting, whichever commits first.
+* with a linger, events trickling in are applied in fewer, larger chunks,
+  each once and within the linger; a full chunk does not wait, and a stop
+  ends a linger at once, leaving its events to the next reader.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -68,6 +73,8 @@ async def batch_consuming(
     retry: RetryPolicy = FAST_RETRIES,
     sequencing: Sequencing | None = None,
     parked_gauge_seconds: float = 15.0,
+    max_batch: int = 500,
+    linger_seconds: float = 0.0,
 ) -> AsyncIterator[BatchConsumer]:
     """Run a BatchConsumer on ``topic`` for the block."""
     name = name or unique_name("batch")
@@ -85,6 +92,8 @@ async def batch_consuming(
         retry=retry,
         sequencing=sequencing,
         parked_gauge_seconds=parked_gauge_seconds,
+        max_batch=max_batch,
+        linger_seconds=linger_seconds,
     )
     running = asyncio.create_task(consumer.run())
     try:
@@ -224,6 +233,83 @@ async def test_a_partition_in_long_backoff_neither_delays_another_nor_rebalances
     finally:
         await producer.stop()
     assert headers_of(letter)["dlq-original-partition"] == "0"
+
+
+# --------------------------------------------------------------------------- linger
+
+
+async def test_with_a_linger_a_trickle_is_applied_in_few_chunks_each_event_once(
+    infra: Infra, pool: db.Pool, new_topic: NewTopic
+) -> None:
+    topic = await new_topic(partitions=1)
+    linger = 1.0
+    chunks: list[int] = []
+    delays: list[float] = []
+
+    async def record_chunks(conn: db.Connection, deliveries: Sequence[Delivery]) -> None:
+        await insert_effects(conn, deliveries)
+        chunks.append(len(deliveries))
+        now = datetime.now(UTC)
+        delays.extend((now - d.envelope.occurred_at).total_seconds() for d in deliveries)
+
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        async with batch_consuming(
+            infra, pool, topic, record_chunks, linger_seconds=linger
+        ) as consumer:
+            await wait_for(lambda: consumer.assignments > 0, message="never assigned")
+            # Ten bursts of four, 50 ms apart: ten chunks without a linger.
+            for burst in range(10):
+                for n in range(burst * 4, burst * 4 + 4):
+                    key, value, _ = ping_message(n, f"key-{n}")
+                    await producer.send_and_wait(topic, value, key=key)
+                await asyncio.sleep(0.05)  # the trickle's pace, not a wait for anything
+            await wait_for(
+                lambda: pool.fetchval("SELECT count(*) = 40 FROM effects"),
+                message="not every event was applied",
+            )
+            await caught_up(infra, consumer.name, topic)
+    finally:
+        await producer.stop()
+    assert await pool.fetchval("SELECT count(DISTINCT event_id) FROM effects") == 40
+    assert sum(chunks) == 40  # no chunk applied twice
+    assert len(chunks) <= 3, chunks
+    # Each event waited at most the linger, plus a generous margin for a busy machine.
+    assert max(delays) < linger + 2.0, max(delays)
+
+
+async def test_a_full_chunk_does_not_linger_and_a_stop_ends_a_linger_at_once(
+    infra: Infra, pool: db.Pool, new_topic: NewTopic
+) -> None:
+    topic = await new_topic(partitions=1)
+    name = unique_name("linger")
+    async with batch_consuming(
+        infra, pool, topic, insert_effects, name=name, max_batch=5, linger_seconds=60.0
+    ) as consumer:
+        await produce_pings(infra, topic, range(5), keys=5)
+        await wait_for(
+            lambda: pool.fetchval("SELECT count(*) = 5 FROM effects"),
+            timeout=20,  # well inside the linger: a full chunk is taken at once
+            message="a full chunk waited for the linger",
+        )
+        await produce_pings(infra, topic, range(5, 7), keys=5)
+        await wait_for(
+            lambda: any(state.pending for state in consumer._partitions.values()),
+            message="the two events never reached the lingering worker",
+        )
+        consumer.stop()
+        started = time.monotonic()
+    assert time.monotonic() - started < 5  # not the linger's 60 s
+    assert await count_effects(pool) == 5
+    # Their offsets were not committed: the group's next reader applies them, once.
+    async with batch_consuming(infra, pool, topic, insert_effects, name=name):
+        await wait_for(
+            lambda: pool.fetchval("SELECT count(*) = 7 FROM effects"),
+            message="the lingering events were lost",
+        )
+        await caught_up(infra, name, topic)
+    assert await pool.fetchval("SELECT count(DISTINCT event_id) FROM effects") == 7
 
 
 # --------------------------------------------------------------------------- sequencing
