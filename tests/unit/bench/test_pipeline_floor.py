@@ -1,0 +1,63 @@
+"""The floor's arithmetic: events per order, orders' worth of events, and the report's figures."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.pipeline_cpu import BENCH_READS, Usage
+from bench.pipeline_floor import (
+    Floor,
+    FloorPart,
+    events_per_order,
+    orders_worth_of,
+)
+from bench.pipeline_limits import KafkaLimit, Record
+from bench.pipeline_report import Run, markdown, pipeline_ms
+from shared.contracts import fulfillments, orders
+
+
+def _records(keys: list[str]) -> list[Record]:
+    return [(key.encode(), b"{}", []) for key in keys]
+
+
+def test_events_per_order_count_orders_by_the_order_topic_s_keys() -> None:
+    published = {
+        orders.TOPIC.name: _records(["o1", "o1", "o1", "o2", "o2"]),  # o2 not yet fulfilled
+        fulfillments.TOPIC.name: _records(["p1"] * 9 + ["p2"] * 6),
+    }
+    assert events_per_order(published) == {
+        orders.TOPIC.name: pytest.approx(2.5),
+        fulfillments.TOPIC.name: pytest.approx(7.5),
+    }
+    assert events_per_order({orders.TOPIC.name: []}) == {orders.TOPIC.name: 0.0}
+
+
+def test_an_orders_worth_of_events_goes_round_the_published_ones_again() -> None:
+    records = _records(["a", "b", "c"])
+    assert [r[0] for r in orders_worth_of(records, 2.5, 2)] == [b"a", b"b", b"c", b"a", b"b"]
+    assert orders_worth_of([], 2.5, 3) == []
+
+
+def _part(name: str, cpu_seconds: float) -> FloorPart:
+    return FloorPart(name, name, 1000, Usage(2.0, {"client": cpu_seconds}, 2.0))
+
+
+def test_the_floor_is_the_sum_of_its_parts_per_order() -> None:
+    floor = Floor([_part("HTTP", 3.0), _part("PostgreSQL", 10.0), _part("Kafka", 3.0)],
+                  KafkaLimit(12_000, 5_000.0, 20_000.0))  # fmt: skip
+    assert floor.ms_per_order() == pytest.approx(16.0)
+
+
+def test_the_pipeline_s_cost_leaves_the_bench_s_own_reads_out() -> None:
+    usage = Usage(10.0, {"orders": 4.0, "kafka": 1.0, BENCH_READS: 0.5}, 9.0)
+    assert pipeline_ms(usage, 100) == pytest.approx(50.0)
+
+
+def test_the_report_shows_the_cpu_per_order_the_floor_and_the_ceiling() -> None:
+    run = Run(cores=2, seconds=4.0)
+    run.floor = Floor([_part("HTTP", 4.0), _part("PostgreSQL", 12.0)], KafkaLimit(1, 1.0, 1.0))
+    run.usage[10.0] = Usage(4.0, {"orders": 1.0}, 2.0)
+    text = markdown(run)
+    assert "## Where each order's CPU goes" in text
+    assert "| **floor** | the three together | **16.00** |" in text
+    assert "2 cores ÷ 16.00 ms = **125 orders/s**" in text
