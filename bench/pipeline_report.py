@@ -103,6 +103,8 @@ class Run:
     # Per topic (contract name): events the pipeline published per order placed.
     events_per_order: dict[str, float] = field(default_factory=dict)
     floor: Floor | None = None
+    # Cores the pipeline's processes used at rest when the floor was measured.
+    settled: float = float("nan")
     accepted: dict[str, int] = field(default_factory=dict)
     profiled: str | None = None
     profile: list[tuple[str, float]] = field(default_factory=list)
@@ -257,7 +259,8 @@ def _floor_section(run: Run) -> list[str]:
         "What an order's raw work costs this machine with no application logic, measured in "
         "the same run, closed loop with enough concurrency to use the CPU "
         "(`bench/pipeline_floor.py`). Every process doing the work is counted, client and "
-        "server alike.",
+        f"server alike. The pipeline's processes, left running, used {run.settled:.2f} cores "
+        "when it started (their idle polling).",
         "",
         "| part | what | ms/order | by process (ms/order) | orders/s closed loop | machine busy |",
         "|---|---|---:|---|---:|---:|",
