@@ -259,8 +259,8 @@ def _floor_section(run: Run) -> list[str]:
         "What an order's raw work costs this machine with no application logic, measured in "
         "the same run, closed loop with enough concurrency to use the CPU "
         "(`bench/pipeline_floor.py`). Every process doing the work is counted, client and "
-        f"server alike. The pipeline's processes, left running, used {run.settled:.2f} cores "
-        "when it started (their idle polling).",
+        f"server alike. The services, left running, used {run.settled:.2f} cores with their "
+        "databases when it started (idle polling, or a backlog the last step left).",
         "",
         "| part | what | ms/order | by process (ms/order) | orders/s closed loop | machine busy |",
         "|---|---|---:|---|---:|---:|",
@@ -291,7 +291,8 @@ def _floor_section(run: Run) -> list[str]:
             f"- The pipeline at its peak step ({peak.rate:.0f}/s offered, "
             f"{peak.end_to_end_per_s:,.0f}/s end to end): {ms:.1f} ms of CPU per order = "
             f"**{_times(ms, floor)} the floor** (the application's overhead factor); at that cost "
-            f"{run.cores} cores do at most {ceiling(run.cores, ms):,.0f} orders/s."
+            f"{run.cores} cores do at most {ceiling(run.cores, ms):,.0f} orders/s, and it reached "
+            f"{peak.end_to_end_per_s / ceiling(run.cores, floor):.0%} of the raw parts' ceiling."
         )
     return out
 
@@ -307,8 +308,7 @@ def _targets(run: Run) -> list[str]:
             + ") produced again with the services' producer settings, a relay batch at a "
             f"time: {run.kafka.produce_per_s:,.0f} events/s "
             f"({run.kafka.produce_per_s / per_order:,.0f} orders/s); read with getmany: "
-            f"{run.kafka.consume_per_s:,.0f} events/s. Both with the rest of the machine idle "
-            "but for the services' polling."
+            f"{run.kafka.consume_per_s:,.0f} events/s (the floor's Kafka part)."
         )
     best = max((s for s in run.steps if s.sustained()), key=lambda s: s.rate, default=None)
     if best is not None:
