@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.pipeline_cpu import BENCH_READS, POSTGRES_OTHER, Usage, ceiling, per_order_ms
-from bench.pipeline_floor import Floor
+from bench.pipeline_floor import KAFKA, Floor
 from bench.pipeline_limits import KafkaLimit
 from bench.pipeline_load import Charged, Placed
 
@@ -294,6 +294,37 @@ def _floor_section(run: Run) -> list[str]:
             f"{run.cores} cores do at most {ceiling(run.cores, ms):,.0f} orders/s, and it reached "
             f"{peak.end_to_end_per_s / ceiling(run.cores, floor):.0%} of the raw parts' ceiling."
         )
+        out += _by_tier(run.floor, usage, peak)
+    return out
+
+
+def tier(component: str) -> str:
+    """The kind of process a component is: the Python ones, PostgreSQL's, or the broker."""
+    if component == KAFKA:
+        return "Kafka broker"
+    return "PostgreSQL" if component.startswith("postgres") else "Python processes"
+
+
+def _by_tier(floor: Floor, usage: Usage, peak: StepResult) -> list[str]:
+    pipeline: dict[str, float] = {}
+    for name, used in usage.cpu.items():
+        if name != BENCH_READS:
+            pipeline[tier(name)] = pipeline.get(tier(name), 0.0) + used / peak.charged * 1000
+    raw: dict[str, float] = {}
+    for part in floor.parts:
+        for name, used in part.usage.cpu.items():
+            raw[tier(name)] = raw.get(tier(name), 0.0) + per_order_ms(used, part.orders)
+    out = [
+        "",
+        "By kind of process, the peak step against the floor (ms of CPU per order; Python: "
+        "the services and the load generator, against the floor's clients and bare server):",
+        "",
+        "| | pipeline | floor | x floor |",
+        "|---|---:|---:|---:|",
+    ]
+    for kind in ("Python processes", "PostgreSQL", "Kafka broker"):
+        mine, bare = pipeline.get(kind, 0.0), raw.get(kind, 0.0)
+        out.append(f"| {kind} | {mine:.1f} | {bare:.1f} | {_times(mine, bare)} |")
     return out
 
 

@@ -12,7 +12,8 @@ from bench.pipeline_floor import (
     orders_worth_of,
 )
 from bench.pipeline_limits import KafkaLimit, Record
-from bench.pipeline_report import Run, markdown, pipeline_ms
+from bench.pipeline_load import Charged, Placed
+from bench.pipeline_report import Run, StepResult, markdown, pipeline_ms, tier
 from shared.contracts import fulfillments, orders
 
 
@@ -56,8 +57,25 @@ def test_the_pipeline_s_cost_leaves_the_bench_s_own_reads_out() -> None:
 def test_the_report_shows_the_cpu_per_order_the_floor_and_the_ceiling() -> None:
     run = Run(cores=2, seconds=4.0)
     run.floor = Floor([_part("HTTP", 4.0), _part("PostgreSQL", 12.0)], KafkaLimit(1, 1.0, 1.0))
-    run.usage[10.0] = Usage(4.0, {"orders": 1.0}, 2.0)
+    ids = [f"ord_{n}" for n in range(100)]
+    placed = [Placed(due=0.0, latency=0.01, order_id=order_id) for order_id in ids]
+    run.steps.append(StepResult.of(25.0, 4.0, placed, dict.fromkeys(ids, Charged(1.0, 2.0))))
+    run.usage[25.0] = Usage(
+        4.0, {"orders": 2.0, "postgres orders": 1.0, "kafka": 0.5, BENCH_READS: 0.3}, 4.0
+    )
     text = markdown(run)
     assert "## Where each order's CPU goes" in text
+    assert "| 25 | 25 | 25 | 35.0 | 2.2x |" in text  # the bench's reads left out
     assert "| **floor** | the three together | **16.00** |" in text
     assert "2 cores ÷ 16.00 ms = **125 orders/s**" in text
+    # The floor's parts here count only a client: all of it is Python.
+    assert "| Python processes | 20.0 | 16.0 | 1.2x |" in text
+    assert "| PostgreSQL | 10.0 | 0.0 | n/a |" in text
+
+
+def test_components_fall_into_python_postgresql_or_the_broker() -> None:
+    assert tier("orders") == "Python processes"
+    assert tier("load generator and partners") == "Python processes"
+    assert tier("postgres orders") == "PostgreSQL"
+    assert tier("postgres other") == "PostgreSQL"
+    assert tier("kafka") == "Kafka broker"
