@@ -106,8 +106,10 @@ async def produce_as_the_relay(
     handed to the producer, then every acknowledgement awaited, then the next batch.
 
     Handing the producer tens of thousands of records at once (as this bench did)
-    measures how the producer copes with a queue the relay never builds, and
-    varied fourfold from run to run.
+    measures how it copes with a queue the relay never builds.  Either way the
+    rate is bound by round trips (one produce request in flight per broker, at
+    most ``max_batch_size`` per partition in it), so it follows the broker's
+    latency, which a saturated machine makes swing; the CPU it costs is steadier.
     """
     for start in range(0, len(records), RELAY_BATCH):
         deliveries = [

@@ -339,7 +339,11 @@ def _targets(run: Run) -> list[str]:
             + ") produced again with the services' producer settings, a relay batch at a "
             f"time: {run.kafka.produce_per_s:,.0f} events/s "
             f"({run.kafka.produce_per_s / per_order:,.0f} orders/s); read with getmany: "
-            f"{run.kafka.consume_per_s:,.0f} events/s (the floor's Kafka part)."
+            f"{run.kafka.consume_per_s:,.0f} events/s (the floor's Kafka part). aiokafka keeps "
+            "one produce request in flight per broker, carrying at most `max_batch_size` (16 KB) "
+            "per partition, so the produce rate is bound by the broker's round trip, which on a "
+            "saturated, shared machine swings several-fold from run to run; the CPU per event "
+            "(the floor) is the figure that compares."
         )
     best = max((s for s in run.steps if s.sustained()), key=lambda s: s.rate, default=None)
     if best is not None:
