@@ -17,9 +17,12 @@ from when a request was due), then waits for settlement to charge them.  An
 order counts end to end when settlement's ledger holds its charges, read
 read-only from settlement's ``journal_entries``: ``booked_at`` is the
 OrderConfirmed event's time and ``recorded_at`` the booking transaction's.
-The raw limits (bare aiohttp, bare asyncpg transaction, aiokafka produce and
-consume of the events the pipeline published) follow in the same run, and
-``bench/results/pipeline.md`` and ``pipeline.png`` are written.
+Over each step's placing and draining, the CPU every component used
+(``bench.pipeline_cpu``: each service, the load generator, PostgreSQL's
+backends by database, the Kafka broker, the whole machine) is divided by the
+orders charged.  The floor per order (``bench.pipeline_floor``: an order's
+HTTP exchanges, database transactions and Kafka events done bare) follows in
+the same run, and ``bench/results/pipeline.md`` and ``pipeline.png`` are written.
 """
 
 from __future__ import annotations
@@ -36,19 +39,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 
+from bench import pipeline_floor as floor
 from bench import pipeline_limits as limits
 from bench import pipeline_report as report
-from bench.orders_place import (
-    _create_database,
-    _drop_database,
-    bare_transaction,
-    http_post,
-    prepare,
-)
+from bench.orders_place import _create_database, _drop_database, prepare
+from bench.pipeline_cpu import CpuMeter, pid_listening
 from bench.pipeline_load import (
     Charged,
     Customers,
@@ -72,6 +72,8 @@ POOL_SIZE = report.POOL_SIZE
 # A step whose orders are not all charged this long after its last placement is
 # past what the pipeline sustains: later steps would only measure the backlog.
 DRAIN_SECONDS = 25.0
+# What a customer's placement sends (one line); the floor's first exchange carries it.
+PLACEMENT_BODY = b'{"lines": [{"offering_id": "off_01benchjointoffering0000", "quantity": 1}]}'
 
 
 @dataclass
@@ -84,6 +86,26 @@ class Stack:
     pids: dict[str, int]
     bare_url: str
     admin_dsn: str
+
+    def meter(self, processes: dict[str, int], databases: list[str]) -> CpuMeter:
+        """A meter of ``processes`` (this one as the load generator), the broker, and the
+        PostgreSQL backends of ``databases`` (services' names, "bare")."""
+        broker = pid_listening(_port(self.kafka.split(",")[0], 9092))
+        postmaster = pid_listening(urlsplit(self.admin_dsn).port or 5432)
+        for what, pid in (("the Kafka broker", broker), ("PostgreSQL", postmaster)):
+            if pid is None:
+                print(f"  {what}'s process is not found (not local?): its CPU is not counted")
+        own = {floor.LOAD: os.getpid(), **processes}
+        return CpuMeter(
+            processes=own if broker is None else {**own, floor.KAFKA: broker},
+            postmaster=postmaster,
+            databases={self.dsns[d].rsplit("/", 1)[1]: f"postgres {d}" for d in databases},
+        )
+
+
+def _port(address: str, default: int) -> int:
+    _, _, port = address.rpartition(":")
+    return int(port) if port.isdigit() else default
 
 
 @contextmanager
@@ -136,7 +158,7 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """User plus system CPU seconds each process has used so far (Linux /proc), this one too."""
     ticks = os.sysconf("SC_CLK_TCK")
     used: dict[str, float] = {}
-    for name, pid in {**pids, "load generator and partners": os.getpid()}.items():
+    for name, pid in {**pids, floor.LOAD: os.getpid()}.items():
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -165,7 +187,14 @@ async def run_steps(args: argparse.Namespace, stack: Stack, state: Path) -> repo
     connector = aiohttp.TCPConnector(limit=2000)
     partner_connector = aiohttp.TCPConnector(limit=300)
     timeout = aiohttp.ClientTimeout(total=60)
-    ledger = await asyncpg.create_pool(stack.dsns["settlement"], min_size=1, max_size=2)
+    reading_ledger: set[int] = set()  # the ledger reads' backends: the bench's, not settlement's
+
+    async def note_backend(conn: asyncpg.Connection) -> None:
+        reading_ledger.add(conn.get_server_pid())
+
+    ledger = await asyncpg.create_pool(
+        stack.dsns["settlement"], min_size=1, max_size=2, init=note_backend
+    )
     admin = await asyncpg.create_pool(stack.admin_dsn, min_size=1, max_size=1)
     run = report.Run(cores=os.cpu_count() or 0, seconds=args.seconds)
     async with (
@@ -182,6 +211,8 @@ async def run_steps(args: argparse.Namespace, stack: Stack, state: Path) -> repo
         watch = DatabaseWatch(admin, {s: stack.dsns[s].rsplit("/", 1)[1] for s in SERVICES})
         watching = asyncio.create_task(watch.watch())
         customers = Customers(session, stack.urls["orders"], cast)
+        meter = stack.meter({s: stack.pids[s] for s in SERVICES}, list(SERVICES))
+        meter.own_backends = lambda: reading_ledger
         try:
             first = await customers.first_order()
             await _until_charged(ledger, [first], 60.0)
@@ -194,16 +225,16 @@ async def run_steps(args: argparse.Namespace, stack: Stack, state: Path) -> repo
                         stack.pids[args.profile], args.profile_seconds, state / "profile.txt"
                     )
                 watch.take()
-                before, started = cpu_seconds(stack.pids), time.monotonic()
+                before = meter.snapshot()
                 placed = await customers.step(rate, args.seconds)
                 ids = [p.order_id for p in placed if p.order_id]
                 books = await _until_charged(ledger, ids, DRAIN_SECONDS)
-                elapsed, after = time.monotonic() - started, cpu_seconds(stack.pids)
-                run.cpu[rate] = {n: (after[n] - before[n]) / elapsed for n in after}
+                run.usage[rate] = meter.usage_since(before)
                 run.database[rate] = watch.take()
                 step = report.StepResult.of(rate, args.seconds, placed, books)
                 run.steps.append(step)
                 print(step.line(), flush=True)
+                print(report.cpu_line(run.usage[rate], step.charged, run.cores), flush=True)
                 if customers.refusals or desk.failures:
                     print(f"    refusals {dict(customers.refusals)} partners {dict(desk.failures)}")
                     customers.refusals.clear()
@@ -225,7 +256,10 @@ async def run_steps(args: argparse.Namespace, stack: Stack, state: Path) -> repo
             for feed in feeds:
                 await feed.stop()
         run.accepted = dict(desk.accepted)
-        await _measure_limits(run, stack, session, [s.rate for s in run.steps], args.seconds)
+        # A step that did not drain leaves a backlog the services are still working
+        # through: measured beside it, the floor would share the CPU with it.
+        run.settled = await _quiet(meter, args.settle_seconds)
+        await _measure_floor(run, stack, session, args.floor_orders)
     await ledger.close()
     await admin.close()
     return run
@@ -234,41 +268,71 @@ async def run_steps(args: argparse.Namespace, stack: Stack, state: Path) -> repo
 async def _until_charged(
     ledger: asyncpg.Pool, order_ids: list[str], within: float
 ) -> dict[str, Charged]:
+    """Settlement's charges of ``order_ids``, polled until all are there or ``within`` s.
+
+    Each poll asks only for the orders not yet seen charged, once a second: the
+    journal has no index on order_id, so every poll scans it, and asking for all
+    of a big step's orders twice a second cost the database more CPU per order
+    than settlement's own booking did.  The figures come from the ledger's own
+    timestamps, so polling less often delays only when a step is seen drained.
+    """
     give_up = time.monotonic() + within
-    books = await charged(ledger, order_ids)
-    while len(books) < len(order_ids) and time.monotonic() < give_up:
-        await asyncio.sleep(0.5)
-        books = await charged(ledger, order_ids)
-    return books
+    books: dict[str, Charged] = {}
+    missing = order_ids
+    while True:
+        books.update(await charged(ledger, missing))
+        missing = [order_id for order_id in missing if order_id not in books]
+        if not missing or time.monotonic() >= give_up:
+            return books
+        await asyncio.sleep(1.0)
 
 
-async def _measure_limits(
-    run: report.Run,
-    stack: Stack,
-    session: aiohttp.ClientSession,
-    rates: list[float],
-    seconds: float,
+async def _quiet(meter: CpuMeter, within: float, below: float = 0.1) -> float:
+    """Wait until the services and their databases use less than ``below`` of a core
+    together (up to ``within`` s); what they use then, in cores.
+
+    The broker and PostgreSQL's background processes are left out: on a shared
+    machine they also work for others.
+    """
+    ours = [*SERVICES, *(f"postgres {s}" for s in SERVICES)]
+    give_up = time.monotonic() + within
+    while True:
+        before = meter.snapshot()
+        await asyncio.sleep(1.0)
+        usage = meter.usage_since(before)
+        busy = sum(usage.cpu.get(name, 0.0) for name in ours) / usage.seconds
+        if busy < below or time.monotonic() > give_up:
+            print(f"  the services at rest use {busy:.2f} cores", flush=True)
+            return busy
+
+
+async def _measure_floor(
+    run: report.Run, stack: Stack, session: aiohttp.ClientSession, orders_worth: int
 ) -> None:
-    print("raw limits at the same offered loads", flush=True)
+    print(f"the floor per order: its raw parts, closed loop, {orders_worth} orders' worth each")
+    meter = stack.meter({floor.BARE: stack.pids["bare"]}, ["bare"])
     topics = [stack.prefix + t.name for t in (orders.TOPIC, fulfillments.TOPIC)]
-    records = await limits.published(stack.kafka, topics)
-    run.events_per_order = len(records) / max(1, sum(s.charged for s in run.steps) + 1)
-    run.kafka = await limits.kafka_limit(stack.kafka, records)
-    print(
-        f"  aiokafka         {run.kafka.events} events: produce {run.kafka.produce_per_s:,.0f}/s"
-        f"  consume {run.kafka.consume_per_s:,.0f}/s",
-        flush=True,
-    )
-    run.bare_http = await limits.at_offered_loads(
-        "bare aiohttp", rates, seconds, http_post(session, stack.bare_url, b'{"lines": []}')
-    )
+    published = await limits.published(stack.kafka, topics)
+    by_contract = {
+        topic.removeprefix(stack.prefix): records for topic, records in published.items()
+    }
+    run.events_per_order = floor.events_per_order(by_contract)
+    http = await floor.http_floor(meter, session, stack.bare_url, PLACEMENT_BODY, orders_worth)
+    print(http.line(), flush=True)
     pool = await db.create_pool(stack.dsns["bare"], min_size=POOL_SIZE, max_size=POOL_SIZE)
     try:
-        run.bare_tx = await limits.at_offered_loads(
-            "bare asyncpg tx", rates, seconds, bare_transaction(pool)
-        )
+        database = await floor.database_floor(meter, pool, orders_worth, POOL_SIZE)
     finally:
         await pool.close()
+    print(database.line(), flush=True)
+    events, run.kafka = await floor.kafka_floor(meter, stack.kafka, by_contract, orders_worth)
+    print(events.line(), flush=True)
+    print(
+        f"  aiokafka: {run.kafka.events:,} events produced at {run.kafka.produce_per_s:,.0f}/s,"
+        f" read at {run.kafka.consume_per_s:,.0f}/s",
+        flush=True,
+    )
+    run.floor = floor.Floor([http, database, events], run.kafka)
 
 
 def main() -> None:
@@ -280,6 +344,12 @@ def main() -> None:
     parser.add_argument("--profile", choices=SERVICES, help="py-spy this service under load")
     parser.add_argument("--profile-at", type=float, default=25.0, help="from this offered rate")
     parser.add_argument("--profile-seconds", type=int, default=20)
+    parser.add_argument(
+        "--floor-orders", type=int, default=1000, help="orders' worth of each raw part"
+    )
+    parser.add_argument(
+        "--settle-seconds", type=float, default=45.0, help="wait for the backlog before the floor"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,30 +1,24 @@
-"""The raw limits beside the pipeline, measured in the same run on the same machine.
+"""Kafka's raw parts beside the pipeline: the events it published, produced and read again.
 
-* Kafka: the very events the pipeline published (read back from its topics)
-  produced again to a fresh topic with the services' producer settings, then
-  consumed with ``getmany``; events/s and the orders/s that is at the
-  pipeline's events per order.
-* PostgreSQL: one asyncpg transaction with the rows a placement writes
-  (``bench.orders_place.bare_transaction``), at the same offered loads.
-* HTTP: a bare aiohttp POST handler (``bench.orders_bare``) at the same offered loads.
+* ``published``: every event the pipeline published, read back from its topics.
+* ``produce_as_the_relay``: those events produced again to a fresh topic with
+  the services' producer settings, a relay's batch at a time.
+* ``bench.settlement_backlog.raw_getmany`` reads them back, as bare as a consumer gets.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.orders_place import Step, offered_load
-from bench.settlement_backlog import raw_getmany
 from shared import kafka
 
 PARTITIONS = 6
+RELAY_BATCH = 1000  # shared.outbox.OutboxRelay's batch_size: sent, then every ack awaited
 
 
 @dataclass(frozen=True)
@@ -37,8 +31,8 @@ class KafkaLimit:
 Record = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 
 
-async def published(bootstrap: str, topics: list[str]) -> list[Record]:
-    """Every event the pipeline published on ``topics``, from the beginning."""
+async def published(bootstrap: str, topics: list[str]) -> dict[str, list[Record]]:
+    """Every event the pipeline published on each of ``topics``, from the beginning."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -52,11 +46,13 @@ async def published(bootstrap: str, topics: list[str]) -> list[Record]:
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
-        records: list[Record] = []
+        records: dict[str, list[Record]] = {topic: [] for topic in topics}
         while [p for p in partitions if await consumer.position(p) < ends[p]]:
             batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
-            for batch in batches.values():
-                records.extend((r.key, r.value, list(r.headers)) for r in batch if r.value)
+            for partition, batch in batches.items():
+                records[partition.topic].extend(
+                    (r.key, r.value, list(r.headers)) for r in batch if r.value
+                )
         return records
     finally:
         await consumer.stop()
@@ -67,55 +63,60 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     return consumer.partitions_for_topic(topic) or set()
 
 
-async def kafka_limit(bootstrap: str, records: list[Record]) -> KafkaLimit:
+async def fresh_topic(bootstrap: str, partitions: int = PARTITIONS) -> str:
     topic = f"bench.pipeline.raw.{uuid.uuid4().hex[:10]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
-        produce = await _produce(bootstrap, topic, records)
-        # The warm-up records are there too; the last fetch may hold them.
-        seconds = await raw_getmany(bootstrap, topic, len(records), chunk=5000)
-        return KafkaLimit(len(records), produce, len(records) / seconds)
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
+        await admin.close()
+    return topic
+
+
+async def delete_topic(bootstrap: str, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
         await admin.delete_topics([topic])
+    finally:
         await admin.close()
 
 
-async def _produce(bootstrap: str, topic: str, records: list[Record]) -> float:
+async def warm_producer(bootstrap: str, topic: str) -> AIOKafkaProducer:
+    """A producer with the services' settings that has already written to every partition.
+
+    A fresh topic's leaders are elected, and learnt, before any clock starts.
+    """
     producer = kafka.new_producer(bootstrap, client_id="bench-pipeline-raw")
     await producer.start()
     try:
-        # One record to every partition first: a fresh topic's leaders are elected, and
-        # learnt, before the clock starts.
         for partition in range(PARTITIONS):
             await producer.send_and_wait(topic, b"warm-up", partition=partition)
-        started = time.perf_counter()
+    except BaseException:
+        await producer.stop()
+        raise
+    return producer
+
+
+async def produce_as_the_relay(
+    producer: AIOKafkaProducer, topic: str, records: list[Record]
+) -> None:
+    """Produce ``records`` the way the outbox relay does: a batch of ``RELAY_BATCH``
+    handed to the producer, then every acknowledgement awaited, then the next batch.
+
+    Handing the producer tens of thousands of records at once (as this bench did)
+    measures how it copes with a queue the relay never builds.  Either way the
+    rate is bound by round trips (one produce request in flight per broker, at
+    most ``max_batch_size`` per partition in it), so it follows the broker's
+    latency, which a saturated machine makes swing; the CPU it costs is steadier.
+    """
+    for start in range(0, len(records), RELAY_BATCH):
         deliveries = [
             await producer.send(topic, value=value, key=key, headers=headers)
-            for key, value, headers in records
+            for key, value, headers in records[start : start + RELAY_BATCH]
         ]
         await asyncio.gather(*deliveries)
-        return len(records) / (time.perf_counter() - started)
-    finally:
-        await producer.stop()
-
-
-async def at_offered_loads(
-    name: str, rates: list[float], seconds: float, fire: Callable[[], Awaitable[bool]]
-) -> dict[float, Step]:
-    """``fire`` at each of the pipeline's offered rates, open loop, as the pipeline was."""
-    await offered_load(rates[0], 1.0, fire)  # warm-up: connections, plans
-    steps: dict[float, Step] = {}
-    for rate in rates:
-        step = await offered_load(rate, seconds, fire)
-        steps[rate] = step
-        print(
-            f"  {name:<16} offered {rate:>5.0f}/s  achieved {step.achieved:>6.0f}/s"
-            f"  p99 {step.p99 * 1000:>7.1f} ms  errors {step.errors}",
-            flush=True,
-        )
-    return steps
 
 
 async def delete_topics(bootstrap: str, prefix: str) -> None:
