@@ -107,7 +107,8 @@ def build_api(deps: OrdersHttp) -> Api:
     )  # fmt: skip
     async def cancel_order(call: Call[None, None]) -> OrderView:
         order_id = call.path_id("order_id", "order")
-        async with call.transaction() as conn:
+        # No transaction of its own, as for an answer below.
+        async with call.connection() as conn:
             order = await handlers.cancel_order(conn, call.caller.subject, order_id, deps.clock())
         return order_view(order)
 
@@ -132,7 +133,13 @@ def build_api(deps: OrdersHttp) -> Api:
 
     async def answer(call: Call[Any, None], command: Command) -> FulfillmentView:
         fulfillment_id = call.path_id("fulfillment_id", "fulfillment")
-        async with call.transaction() as conn:
+        # No transaction of its own: the change reads the order in one statement
+        # and writes it in one, which commits whole by itself and only if nobody
+        # changed the order in between.  A transaction would hold the order's row
+        # across the round trips of BEGIN, the write and COMMIT while the other
+        # partners' answers wait on it.  Under an Idempotency-Key this is the key's
+        # transaction, so the change and the stored reply still commit together.
+        async with call.connection() as conn:
             order = await handlers.answer_fulfillment(
                 conn, call.caller.subject, fulfillment_id, command, deps.clock()
             )
