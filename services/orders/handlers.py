@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Never, NoReturn
 
+from prometheus_client import Counter
+
 from services.orders import domain, store
 from services.orders.domain import (
     Command,
@@ -48,6 +50,10 @@ PRODUCER = "orders"
 ACCEPTANCE_DEADLINE = "orders.acceptance-deadline"
 # How often one change reads and decides again when others keep changing the order.
 CHANGE_ATTEMPTS = 8
+CHANGES_LOST = Counter(
+    "orders_changes_lost_total",
+    "Changes of an order decided from a version another change had moved on (decided again)",
+)
 
 
 async def apply_catalog_event(conn: Connection, event: Event) -> None:
@@ -303,6 +309,7 @@ async def _change(
         after = await _apply(conn, await read(), command, now)
         if after is not None:
             return after
+        CHANGES_LOST.inc()
     raise Contended(
         f"the order changed {CHANGE_ATTEMPTS} times while this change was decided; try again"
     )
