@@ -33,6 +33,7 @@ from services.orders.domain import (
     Transition,
 )
 from services.orders.terms import OrderableTerms
+from services.orders.turns import OrderTurns, Turn
 from shared import outbox, timers
 from shared.clock import Clock
 from shared.contracts import catalog_agreements, catalog_offerings
@@ -109,7 +110,13 @@ async def place_order(
 
 
 async def answer_fulfillment(
-    conn: Connection, partner_id: str, fulfillment_id: str, command: Command, now: datetime
+    conn: Connection,
+    partner_id: str,
+    fulfillment_id: str,
+    command: Command,
+    now: datetime,
+    *,
+    turns: OrderTurns | None = None,
 ) -> Order:
     """A partner accepts, rejects or completes its fulfilment of an order."""
 
@@ -119,20 +126,29 @@ async def answer_fulfillment(
             raise NotFound(f"fulfillment {fulfillment_id}")
         return found
 
-    return await _change(conn, read, command, now)
+    return await _change(conn, read, command, now, turns)
 
 
-async def cancel_order(conn: Connection, customer_id: str, order_id: str, now: datetime) -> Order:
+async def cancel_order(
+    conn: Connection,
+    customer_id: str,
+    order_id: str,
+    now: datetime,
+    *,
+    turns: OrderTurns | None = None,
+) -> Order:
     async def read() -> store.Snapshot:
         found = await store.order_snapshot(conn, order_id)
         if found is None or found.order.customer_id != customer_id:
             raise NotFound(f"order {order_id}")
         return found
 
-    return await _change(conn, read, domain.CancelByCustomer(), now)
+    return await _change(conn, read, domain.CancelByCustomer(), now, turns)
 
 
-async def acceptance_deadline_passed(conn: Connection, order_id: str, now: datetime) -> None:
+async def acceptance_deadline_passed(
+    conn: Connection, order_id: str, now: datetime, *, turns: OrderTurns | None = None
+) -> None:
     """The acceptance timer fired: cancel the order if some partner still has not accepted.
 
     The timer is never cancelled when an order leaves ``pending`` (that would
@@ -147,16 +163,16 @@ async def acceptance_deadline_passed(conn: Connection, order_id: str, now: datet
         return found
 
     try:
-        await _change(conn, read, domain.DeadlinePassed(), now)
+        await _change(conn, read, domain.DeadlinePassed(), now, turns)
     except (InvalidTransition, NotFound):
         return
 
 
-def timer_handlers(clock: Clock) -> dict[str, timers.TimerHandler]:
+def timer_handlers(clock: Clock, turns: OrderTurns | None = None) -> dict[str, timers.TimerHandler]:
     """What the orders timer loop fires; ``clock`` is the loop's own, so the two agree."""
 
     async def deadline(conn: Connection, order_id: str) -> None:
-        await acceptance_deadline_passed(conn, order_id, clock())
+        await acceptance_deadline_passed(conn, order_id, clock(), turns=turns)
 
     return {ACCEPTANCE_DEADLINE: deadline}
 
@@ -293,7 +309,11 @@ async def list_fulfillments(
 
 
 async def _change(
-    conn: Connection, read: Callable[[], Awaitable[store.Snapshot]], command: Command, now: datetime
+    conn: Connection,
+    read: Callable[[], Awaitable[store.Snapshot]],
+    command: Command,
+    now: datetime,
+    turns: OrderTurns | None,
 ) -> Order:
     """Read, decide, write if nobody changed the order meanwhile; else read again.
 
@@ -303,26 +323,37 @@ async def _change(
     reports once confirmed), so ``CHANGE_ATTEMPTS`` is reached only by a
     pile-up: the caller is then told to try again (503 with ``Retry-After``)
     rather than held on.  No pause between attempts: the other change has
-    already landed, so the next read finds it.
+    already landed, so the next read finds it.  ``turns``: the changes of
+    this order running in this process, to wait for rather than race.
     """
-    for _ in range(CHANGE_ATTEMPTS):
-        after = await _apply(conn, await read(), command, now)
-        if after is not None:
-            return after
-        CHANGES_LOST.inc()
+    before = await read()
+    if turns is None:
+        return await _attempts(conn, read, before, command, now, None)
+    async with turns.turn(before.order.order_id) as turn:
+        return await _attempts(conn, read, turn.newest(before), command, now, turn)
+
+
+async def _attempts(
+    conn: Connection,
+    read: Callable[[], Awaitable[store.Snapshot]],
+    before: store.Snapshot,
+    command: Command,
+    now: datetime,
+    turn: Turn | None,
+) -> Order:
+    for attempt in range(CHANGE_ATTEMPTS):
+        if attempt:
+            CHANGES_LOST.inc()
+            before = await read()
+        transition = domain.decide(before.order, command, now)
+        if await store.save_changes(conn, before, transition.order, _outbox_batch(transition)):
+            if turn is not None and not conn.is_in_transaction():
+                # Committed: what it stored is the order at the next version.
+                turn.stored = store.Snapshot(transition.order, before.version + 1)
+            return transition.order
     raise Contended(
         f"the order changed {CHANGE_ATTEMPTS} times while this change was decided; try again"
     )
-
-
-async def _apply(
-    conn: Connection, before: store.Snapshot, command: Command, now: datetime
-) -> Order | None:
-    """The order after ``command``, stored; None if it is no longer as ``before`` saw it."""
-    transition = domain.decide(before.order, command, now)
-    if await store.save_changes(conn, before, transition.order, _outbox_batch(transition)):
-        return transition.order
-    return None
 
 
 def _outbox_batch(transition: Transition) -> outbox.Batch:

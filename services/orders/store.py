@@ -199,13 +199,13 @@ async def fulfillment_order_snapshot(
 ) -> Snapshot | None:
     """``order_snapshot`` of a fulfilment's order; None unless the fulfilment is the partner's.
 
-    Without the usage charged: a partner's answer never refunds it (a
-    rejection cancels a pending order, which has none).
+    With the usage charged, though an answer never refunds it: the state an
+    answer stores may be where a cancel starts from (``services.orders.turns``).
     """
     row = await conn.fetchrow(
         _WHOLE_ORDER + "o.id = (SELECT f.order_id FROM fulfillments f"
         " WHERE f.id = $2 AND f.partner_id = $3)",
-        False,
+        True,
         fulfillment_id,
         partner_id,
     )
