@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from services.orders import domain, handlers, store
 from services.orders.domain import Accept, Order, RequestedLine
+from services.orders.turns import OrderTurns
 from shared import outbox
 from shared.contracts import fulfillments as f_events
 from shared.contracts import orders as o_events
@@ -368,3 +370,102 @@ async def test_a_cancel_by_someone_else_is_not_found_and_changes_nothing(
     with pytest.raises(NotFound):
         await handlers.cancel_order(conn, "cus_someone_else", order.order_id, NOW)
     assert await conn.fetchval("SELECT version FROM orders WHERE id = $1", order.order_id) == 0
+
+
+def lost() -> float:
+    return REGISTRY.get_sample_value("orders_changes_lost_total") or 0.0
+
+
+class Counting(Interleaved):
+    """Counts the reads of an order, putting nothing between them and the write."""
+
+    def __init__(self, conn: Db) -> None:
+        async def nothing(_: int) -> None:
+            return None
+
+        super().__init__(conn, nothing)
+
+
+async def test_three_answers_at_once_in_one_process_take_turns_and_none_is_decided_twice(
+    placed: Placed, migrated_orders_db: str
+) -> None:
+    order = placed.order
+    turns = OrderTurns()
+    lost_before = lost()
+    third: Db = await asyncpg.connect(migrated_orders_db)
+    connections = [Counting(placed.conn), Counting(placed.other), Counting(third)]
+    try:
+        answers = await asyncio.gather(
+            *(
+                handlers.answer_fulfillment(
+                    cast(Connection, conn),
+                    partner_id,
+                    mine.fulfillment_id,
+                    Accept(partner_id),
+                    PLACED_AT,
+                    turns=turns,
+                )
+                for conn, partner_id in zip(connections, (ISV, MSP, INTEGRATOR), strict=True)
+                if (mine := order.fulfillment_of(partner_id)) is not None
+            )
+        )
+    finally:
+        await third.close()
+
+    # One read each; the second and third started from what the one before stored.
+    assert [conn.reads for conn in connections] == [1, 1, 1]
+    assert lost() == lost_before
+    assert len(turns) == 0
+    await confirmed_once(placed.conn, next(a for a in answers if a.status == "confirmed"))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        ["accept ISV"],
+        ["accept ISV", "accept MSP", "accept INTEGRATOR"],
+        ["accept ISV", "accept MSP", "accept INTEGRATOR", "complete MSP"],
+        ["accept ISV", "accept MSP", "accept INTEGRATOR", "usage", "cancel"],
+        ["reject MSP"],
+        ["cancel"],
+    ],
+)
+async def test_what_a_change_hands_on_is_what_a_fresh_read_finds(
+    placed: Placed, changes: list[str]
+) -> None:
+    """The next change in line starts from the state the last one returned, at the next
+    version, without reading it: it must be the order exactly as stored."""
+    conn, order = placed.conn, placed.order
+    fulfillment = {p: order.fulfillment_of(p) for p in (ISV, MSP, INTEGRATOR)}
+    partners = {"ISV": ISV, "MSP": MSP, "INTEGRATOR": INTEGRATOR}
+    for change in changes:
+        verb, _, who = change.partition(" ")
+        version = await conn.fetchval("SELECT version FROM orders WHERE id = $1", order.order_id)
+        if verb == "usage":
+            report = domain.ReportUsage(
+                usage_id="u-1",
+                partner_id=ISV,
+                component_partner_id=None,
+                quantity=2,
+                occurred_at=NOW,
+            )
+            async with conn.transaction():
+                await handlers.report_usage(conn, order.order_id, report, NOW)
+            continue
+        if verb == "cancel":
+            after = await handlers.cancel_order(conn, CUSTOMER, order.order_id, NOW)
+        else:
+            partner_id = partners[who]
+            mine = fulfillment[partner_id]
+            assert mine is not None
+            commands: dict[str, domain.Command] = {
+                "accept": Accept(partner_id),
+                "complete": domain.Complete(partner_id),
+                "reject": domain.Reject(partner_id, "no capacity"),
+            }
+            command = commands[verb]
+            after = await handlers.answer_fulfillment(
+                conn, partner_id, mine.fulfillment_id, command, PLACED_AT
+            )
+        stored = await store.order_snapshot(conn, order.order_id)
+        assert stored == store.Snapshot(after, version + 1)
