@@ -137,12 +137,7 @@ async def cancel_order(
     *,
     turns: OrderTurns | None = None,
 ) -> Order:
-    async def read() -> store.Snapshot:
-        found = await store.order_snapshot(conn, order_id)
-        if found is None or found.order.customer_id != customer_id:
-            raise NotFound(f"order {order_id}")
-        return found
-
+    read = _order_read(conn, order_id, customer_id=customer_id)
     return await _change(conn, read, domain.CancelByCustomer(), now, turns)
 
 
@@ -155,15 +150,8 @@ async def acceptance_deadline_passed(
     lock the timer after the order, the reverse of the timer loop); it fires
     and finds nothing to do.
     """
-
-    async def read() -> store.Snapshot:
-        found = await store.order_snapshot(conn, order_id)
-        if found is None:
-            raise NotFound(f"order {order_id}")
-        return found
-
     try:
-        await _change(conn, read, domain.DeadlinePassed(), now, turns)
+        await _change(conn, _order_read(conn, order_id), domain.DeadlinePassed(), now, turns)
     except (InvalidTransition, NotFound):
         return
 
@@ -306,6 +294,21 @@ async def list_fulfillments(
     return FulfillmentList(
         [(fulfillment_id, orders[oid]) for fulfillment_id, oid in page], more=len(found) > limit
     )
+
+
+def _order_read(
+    conn: Connection, order_id: str, *, customer_id: str | None = None
+) -> Callable[[], Awaitable[store.Snapshot]]:
+    """What ``_change`` reads: the order, unless it is missing or (given
+    ``customer_id``) another customer's, which looks the same."""
+
+    async def read() -> store.Snapshot:
+        found = await store.order_snapshot(conn, order_id)
+        if found is None or customer_id not in (None, found.order.customer_id):
+            raise NotFound(f"order {order_id}")
+        return found
+
+    return read
 
 
 async def _change(
