@@ -26,6 +26,14 @@ class Conflict(DomainError):
     """The request is valid but the resource's current state forbids it."""
 
 
+class Contended(DomainError):
+    """Others changed the resource every time this change was about to land.
+
+    Not the request's fault and not a state that forbids it: the same request
+    may well succeed when sent again (HTTP 503 with ``Retry-After``).
+    """
+
+
 class NotAllowed(DomainError):
     """The caller can see the resource but may not do this to it."""
 

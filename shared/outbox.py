@@ -123,7 +123,10 @@ class Batch:
     columns: tuple[list[str], list[str], list[str], list[str], list[bytes], list[int | None]]
 
     @staticmethod
-    def insert(first: int) -> str:
+    def insert(first: int, *, when: str | None = None) -> str:
+        """``when``: a condition on the rest of the statement (``EXISTS (SELECT 1 FROM
+        changed)``), for a change that may find nothing to change: the events are
+        written only if it holds, so a change that did not happen records none."""
         p = [f"${first + i}" for i in range(6)]
         # WITH ORDINALITY keeps the ids in the order given.
         return (
@@ -132,7 +135,7 @@ class Batch:
             f" FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[],"
             f" {p[4]}::bytea[], {p[5]}::bigint[])"
             " WITH ORDINALITY AS e(event_id, topic, key, event_type, payload, sequence, position)"
-            " ORDER BY e.position"
+            f"{f' WHERE {when}' if when else ''} ORDER BY e.position"
         )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from services.orders import consumers, handlers
 from services.orders.http import OrdersHttp, build_api
 from services.orders.terms import OrderableTerms
+from services.orders.turns import OrderTurns
 from shared import account_generations
 from shared.clock import Clock, utc_now
 from shared.contracts import fulfillments, orders
@@ -39,11 +40,13 @@ def composer(clock: Clock = utc_now) -> Compose:
         if not isinstance(settings, OrdersSettings):
             raise TypeError("the orders service runs with OrdersSettings")
         terms = OrderableTerms(runtime.pool)
+        turns = OrderTurns()
         api = build_api(
             OrdersHttp(
                 acceptance_window=timedelta(seconds=settings.acceptance_deadline_seconds),
                 clock=clock,
                 terms=terms,
+                turns=turns,
             )
         )
         catalog_copy = consumers.catalog_copy(
@@ -56,7 +59,7 @@ def composer(clock: Clock = utc_now) -> Compose:
         )
         deadlines = TimerLoop(
             runtime.pool,
-            handlers.timer_handlers(clock),
+            handlers.timer_handlers(clock, turns),
             clock=clock,
             poll_seconds=settings.timer_poll_seconds,
         )

@@ -2,8 +2,9 @@
 
 Everything here is pure: given an order's state and a command, a function
 returns the order's next state and the events that record the change, or
-refuses.  Handlers load the state under a row lock, call these, and store
-what comes back; tests check the same functions as data.
+refuses.  Handlers load the state, call these, and store what comes back
+(if the state is still what they loaded; else they load and call again);
+tests check the same functions as data.
 
 The saga decides from the set of distinct partners' fulfilment statuses held
 in the order, never from a count of messages, so a redelivered answer can

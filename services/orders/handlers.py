@@ -1,18 +1,27 @@
 """Orders use cases, each inside the caller's unit of work.
 
-Every change to an order locks the order's row first and decides from what
-the database holds under that lock, so concurrent accepts, rejections,
-cancels and deadlines queue on the row and the second finds the outcome of
-the first.  The events of a change are appended to the outbox in the same
-transaction, numbered from the order's own sequence.
+A change to an order is optimistic: it reads the order in one statement,
+without a lock or a transaction, decides in the domain, and writes the new
+state with its events in one statement that lands only if the order's
+version is still the one read (``store.save_changes``).  If another change
+landed in between, it reads again and decides again from what that change
+left, so concurrent accepts, rejections, cancels and deadlines each decide
+from the outcome of the others, as if they had queued.  The three partners
+of an order answer at about the same moment: queueing on a row lock held
+across BEGIN, two reads and COMMIT made each answer wait for the others'
+round trips and kept connections idle in transaction; now a change holds the
+row only for its one write.  The events of a change are numbered from the
+order's own sequence and written in that same statement.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Never, NoReturn
+
+from prometheus_client import Counter
 
 from services.orders import domain, store
 from services.orders.domain import (
@@ -24,6 +33,7 @@ from services.orders.domain import (
     Transition,
 )
 from services.orders.terms import OrderableTerms
+from services.orders.turns import OrderTurns, Turn
 from shared import outbox, timers
 from shared.clock import Clock
 from shared.contracts import catalog_agreements, catalog_offerings
@@ -33,12 +43,18 @@ from shared.contracts.envelope import Event
 from shared.contracts.fulfillments import FulfillmentStatus
 from shared.contracts.orders import OrderStatus
 from shared.db import Connection
-from shared.errors import Conflict, NotAllowed, NotFound, RuleViolated
+from shared.errors import Conflict, Contended, NotAllowed, NotFound, RuleViolated
 from shared.ids import new_id
 from shared.tokens import Principal
 
 PRODUCER = "orders"
 ACCEPTANCE_DEADLINE = "orders.acceptance-deadline"
+# How often one change reads and decides again when others keep changing the order.
+CHANGE_ATTEMPTS = 8
+CHANGES_LOST = Counter(
+    "orders_changes_lost_total",
+    "Changes of an order decided from a version another change had moved on (decided again)",
+)
 
 
 async def apply_catalog_event(conn: Connection, event: Event) -> None:
@@ -94,23 +110,40 @@ async def place_order(
 
 
 async def answer_fulfillment(
-    conn: Connection, partner_id: str, fulfillment_id: str, command: Command, now: datetime
+    conn: Connection,
+    partner_id: str,
+    fulfillment_id: str,
+    command: Command,
+    now: datetime,
+    *,
+    turns: OrderTurns | None = None,
 ) -> Order:
     """A partner accepts, rejects or completes its fulfilment of an order."""
-    found = await store.lock_order_of_fulfillment(conn, fulfillment_id, partner_id)
-    if found is None:
-        raise NotFound(f"fulfillment {fulfillment_id}")
-    return await _apply(conn, found, command, now)
+
+    async def read() -> store.Snapshot:
+        found = await store.fulfillment_order_snapshot(conn, fulfillment_id, partner_id)
+        if found is None:
+            raise NotFound(f"fulfillment {fulfillment_id}")
+        return found
+
+    return await _change(conn, read, command, now, turns)
 
 
-async def cancel_order(conn: Connection, customer_id: str, order_id: str, now: datetime) -> Order:
-    found = await store.lock_order(conn, order_id)
-    if found is None or found.customer_id != customer_id:
-        raise NotFound(f"order {order_id}")
-    return await _apply(conn, found, domain.CancelByCustomer(), now)
+async def cancel_order(
+    conn: Connection,
+    customer_id: str,
+    order_id: str,
+    now: datetime,
+    *,
+    turns: OrderTurns | None = None,
+) -> Order:
+    read = _order_read(conn, order_id, customer_id=customer_id)
+    return await _change(conn, read, domain.CancelByCustomer(), now, turns)
 
 
-async def acceptance_deadline_passed(conn: Connection, order_id: str, now: datetime) -> None:
+async def acceptance_deadline_passed(
+    conn: Connection, order_id: str, now: datetime, *, turns: OrderTurns | None = None
+) -> None:
     """The acceptance timer fired: cancel the order if some partner still has not accepted.
 
     The timer is never cancelled when an order leaves ``pending`` (that would
@@ -118,16 +151,16 @@ async def acceptance_deadline_passed(conn: Connection, order_id: str, now: datet
     and finds nothing to do.
     """
     try:
-        await _change(conn, order_id, domain.DeadlinePassed(), now)
+        await _change(conn, _order_read(conn, order_id), domain.DeadlinePassed(), now, turns)
     except (InvalidTransition, NotFound):
         return
 
 
-def timer_handlers(clock: Clock) -> dict[str, timers.TimerHandler]:
+def timer_handlers(clock: Clock, turns: OrderTurns | None = None) -> dict[str, timers.TimerHandler]:
     """What the orders timer loop fires; ``clock`` is the loop's own, so the two agree."""
 
     async def deadline(conn: Connection, order_id: str) -> None:
-        await acceptance_deadline_passed(conn, order_id, clock())
+        await acceptance_deadline_passed(conn, order_id, clock(), turns=turns)
 
     return {ACCEPTANCE_DEADLINE: deadline}
 
@@ -141,9 +174,11 @@ async def report_usage(conn: Connection, order_id: str, report: ReportUsage, now
         raise RuleViolated.single("order_id", domain.NOT_YOUR_ORDER)
     # Checked under the order's lock, so two reports of one usage id for this order
     # count once; reports of it for two orders are told apart by the insert below.
+    # (A lock, not a version check: the usage row is inserted before the order is
+    # written, and a report that lost to another change would have to undo it.)
     if await _usage_known(conn, report, order_id):
         return
-    transition = domain.record_usage(found, report, now)
+    transition = domain.record_usage(found.order, report, now)
     charge = transition.order.usage_charges[-1]
     recorded = await store.record_usage(
         conn,
@@ -160,7 +195,8 @@ async def report_usage(conn: Connection, order_id: str, report: ReportUsage, now
         # another lock) won the insert; this one must leave no charge behind.
         await _usage_known(conn, report, order_id)
         return
-    await store.save_changes(conn, found, transition.order, _outbox_batch(transition))
+    saved = await store.save_changes(conn, found, transition.order, _outbox_batch(transition))
+    assert saved, "the order's row is locked: its version cannot have moved"
 
 
 async def _usage_known(conn: Connection, report: ReportUsage, order_id: str) -> bool:
@@ -260,17 +296,67 @@ async def list_fulfillments(
     )
 
 
-async def _change(conn: Connection, order_id: str, command: Command, now: datetime) -> Order:
-    found = await store.lock_order(conn, order_id)
-    if found is None:
-        raise NotFound(f"order {order_id}")
-    return await _apply(conn, found, command, now)
+def _order_read(
+    conn: Connection, order_id: str, *, customer_id: str | None = None
+) -> Callable[[], Awaitable[store.Snapshot]]:
+    """What ``_change`` reads: the order, unless it is missing or (given
+    ``customer_id``) another customer's, which looks the same."""
+
+    async def read() -> store.Snapshot:
+        found = await store.order_snapshot(conn, order_id)
+        if found is None or customer_id not in (None, found.order.customer_id):
+            raise NotFound(f"order {order_id}")
+        return found
+
+    return read
 
 
-async def _apply(conn: Connection, before: Order, command: Command, now: datetime) -> Order:
-    transition = domain.decide(before, command, now)
-    await store.save_changes(conn, before, transition.order, _outbox_batch(transition))
-    return transition.order
+async def _change(
+    conn: Connection,
+    read: Callable[[], Awaitable[store.Snapshot]],
+    command: Command,
+    now: datetime,
+    turns: OrderTurns | None,
+) -> Order:
+    """Read, decide, write if nobody changed the order meanwhile; else read again.
+
+    ``read`` raises when the order is not the caller's to change.  Each lost
+    attempt means another change of the order landed, and an order takes
+    only a handful (an answer per partner, a cancel, the deadline; usage
+    reports once confirmed), so ``CHANGE_ATTEMPTS`` is reached only by a
+    pile-up: the caller is then told to try again (503 with ``Retry-After``)
+    rather than held on.  No pause between attempts: the other change has
+    already landed, so the next read finds it.  ``turns``: the changes of
+    this order running in this process, to wait for rather than race.
+    """
+    before = await read()
+    if turns is None:
+        return await _attempts(conn, read, before, command, now, None)
+    async with turns.turn(before.order.order_id) as turn:
+        return await _attempts(conn, read, turn.newest(before), command, now, turn)
+
+
+async def _attempts(
+    conn: Connection,
+    read: Callable[[], Awaitable[store.Snapshot]],
+    before: store.Snapshot,
+    command: Command,
+    now: datetime,
+    turn: Turn | None,
+) -> Order:
+    for attempt in range(CHANGE_ATTEMPTS):
+        if attempt:
+            CHANGES_LOST.inc()
+            before = await read()
+        transition = domain.decide(before.order, command, now)
+        if await store.save_changes(conn, before, transition.order, _outbox_batch(transition)):
+            if turn is not None and not conn.is_in_transaction():
+                # Committed: what it stored is the order at the next version.
+                turn.stored = store.Snapshot(transition.order, before.version + 1)
+            return transition.order
+    raise Contended(
+        f"the order changed {CHANGE_ATTEMPTS} times while this change was decided; try again"
+    )
 
 
 def _outbox_batch(transition: Transition) -> outbox.Batch:

@@ -23,6 +23,7 @@ from services.orders.api import (
 )
 from services.orders.domain import Accept, Command, Complete, Order, Reject, RequestedLine
 from services.orders.terms import OrderableTerms
+from services.orders.turns import OrderTurns
 from shared.clock import Clock, utc_now
 from shared.http.api import ANY_ROLE, Api, Call, Reply
 from shared.http.pagination import cursor_of_type, encode_cursor
@@ -36,6 +37,8 @@ class OrdersHttp:
     clock: Clock = utc_now
     # The process's memory of the orderable terms; without it every placement reads them.
     terms: OrderableTerms | None = None
+    # Changes of one order in this process wait for each other instead of racing.
+    turns: OrderTurns | None = None
 
 
 CUSTOMER: frozenset[Role] = frozenset({"customer"})
@@ -107,8 +110,11 @@ def build_api(deps: OrdersHttp) -> Api:
     )  # fmt: skip
     async def cancel_order(call: Call[None, None]) -> OrderView:
         order_id = call.path_id("order_id", "order")
-        async with call.transaction() as conn:
-            order = await handlers.cancel_order(conn, call.caller.subject, order_id, deps.clock())
+        # No transaction of its own, as for an answer below.
+        async with call.connection() as conn:
+            order = await handlers.cancel_order(
+                conn, call.caller.subject, order_id, deps.clock(), turns=deps.turns
+            )
         return order_view(order)
 
     @route(
@@ -132,9 +138,15 @@ def build_api(deps: OrdersHttp) -> Api:
 
     async def answer(call: Call[Any, None], command: Command) -> FulfillmentView:
         fulfillment_id = call.path_id("fulfillment_id", "fulfillment")
-        async with call.transaction() as conn:
+        # No transaction of its own: the change reads the order in one statement
+        # and writes it in one, which commits whole by itself and only if nobody
+        # changed the order in between.  A transaction would hold the order's row
+        # across the round trips of BEGIN, the write and COMMIT while the other
+        # partners' answers wait on it.  Under an Idempotency-Key this is the key's
+        # transaction, so the change and the stored reply still commit together.
+        async with call.connection() as conn:
             order = await handlers.answer_fulfillment(
-                conn, call.caller.subject, fulfillment_id, command, deps.clock()
+                conn, call.caller.subject, fulfillment_id, command, deps.clock(), turns=deps.turns
             )
         return fulfillment_view(order, call.caller.subject)
 

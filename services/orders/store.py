@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
 
@@ -109,8 +110,8 @@ async def insert_order(
     lines, fulfillments = order.lines, order.fulfillments
     await conn.execute(
         "WITH placed AS (INSERT INTO orders (id, customer_id, status, currency, total,"
-        " placed_at, accept_by, changed_at, sequence)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id),"
+        " placed_at, accept_by, changed_at, sequence, version)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0) RETURNING id),"
         " lines AS (INSERT INTO order_lines (id, order_id, position, offering_id,"
         " offering_version, owner_id, quantity, amount, components)"
         " SELECT l.id, (SELECT id FROM placed), l.position - 1, l.offering_id,"
@@ -150,64 +151,91 @@ async def insert_order(
     )
 
 
-async def lock_order(conn: Connection, order_id: str, *, with_usage: bool = True) -> Order | None:
-    """The order, its row locked until the transaction ends: changes to it queue here.
+@dataclass(frozen=True)
+class Snapshot:
+    """An order as one statement read it, and its row's version then.
 
-    ``with_usage=False`` leaves out the usage already charged, which only a
-    cancellation needs (to refund it) and which grows with every report.
+    ``save_changes`` writes a change decided from it only while the version
+    is still this one: the version is how a writer learns, without having
+    held a lock, that someone else changed the order in between.
+    """
+
+    order: Order
+    version: int
+
+
+# The whole order in one round trip: the children come as arrays of their
+# tables' row types, which asyncpg decodes to records.  A column added to one
+# of these tables while a replica runs fails that replica's next read on each
+# connection once (``OutdatedSchemaCacheError``: asyncpg then reloads the
+# types), so such a migration is rolled out with a restart.  $1: whether to
+# read the usage already charged, which only a cancellation needs (to refund
+# it) and which grows with every report.
+_WHOLE_ORDER = (
+    "SELECT o.*,"
+    " ARRAY(SELECT l FROM order_lines l WHERE l.order_id = o.id ORDER BY l.position) AS lines,"
+    " ARRAY(SELECT f FROM fulfillments f WHERE f.order_id = o.id ORDER BY f.id)"
+    " AS fulfillments,"
+    " CASE WHEN $1 THEN ARRAY(SELECT u FROM usage_records u WHERE u.order_id = o.id"
+    " ORDER BY u.recorded_at, u.charge_id) END AS usage"
+    " FROM orders o WHERE "
+)
+
+
+async def order_snapshot(
+    conn: Connection, order_id: str, *, with_usage: bool = True
+) -> Snapshot | None:
+    """The order and its children as of one moment, without a lock.
+
+    One statement sees one snapshot, so the children agree with the order
+    row and its version; nothing waits on anyone, and nothing is held.
+    """
+    row = await conn.fetchrow(_WHOLE_ORDER + "o.id = $2", with_usage, order_id)
+    return None if row is None else _snapshot(row)
+
+
+async def fulfillment_order_snapshot(
+    conn: Connection, fulfillment_id: str, partner_id: str
+) -> Snapshot | None:
+    """``order_snapshot`` of a fulfilment's order; None unless the fulfilment is the partner's.
+
+    With the usage charged, though an answer never refunds it: the state an
+    answer stores may be where a cancel starts from (``services.orders.turns``).
+    """
+    row = await conn.fetchrow(
+        _WHOLE_ORDER + "o.id = (SELECT f.order_id FROM fulfillments f"
+        " WHERE f.id = $2 AND f.partner_id = $3)",
+        True,
+        fulfillment_id,
+        partner_id,
+    )
+    return None if row is None else _snapshot(row)
+
+
+async def lock_order(conn: Connection, order_id: str, *, with_usage: bool) -> Snapshot | None:
+    """``order_snapshot`` with the order's row locked until the transaction ends.
+
+    For a change that must insert rows of its own before it knows its
+    outcome (a usage report claims its usage id first): nothing else changes
+    the order meanwhile, so its ``save_changes`` cannot lose.  The read is a
+    statement of its own: a ``FOR UPDATE`` that waited for another change
+    sees that change in the locked row only, while subqueries beside it
+    would still read the children as they were before.
     """
     locked = await conn.fetchval("SELECT id FROM orders WHERE id = $1 FOR UPDATE", order_id)
     if locked is None:
         return None
-    return await _locked_order(conn, order_id, with_usage=with_usage)
+    return await order_snapshot(conn, order_id, with_usage=with_usage)
 
 
-async def lock_order_of_fulfillment(
-    conn: Connection, fulfillment_id: str, partner_id: str
-) -> Order | None:
-    """``lock_order`` for the order of a fulfilment; None unless the fulfilment is the partner's."""
-    locked = await conn.fetchval(
-        "SELECT o.id FROM fulfillments f JOIN orders o ON o.id = f.order_id"
-        " WHERE f.id = $1 AND f.partner_id = $2 FOR UPDATE OF o",
-        fulfillment_id,
-        partner_id,
-    )
-    if locked is None:
-        return None
-    return await _locked_order(conn, locked, with_usage=True)
-
-
-async def _locked_order(conn: Connection, order_id: str, *, with_usage: bool) -> Order:
-    """The whole order in one round trip, read once its row is locked.
-
-    A statement of its own: a ``FOR UPDATE`` that waited for another change
-    sees that change in the locked row only, while subqueries beside it would
-    still read the fulfilments as they were before.  Each partner's answer
-    queues on the order's lock, so the fewer round trips between lock and
-    commit, the sooner the next one goes.  The children come as arrays of
-    their tables' row types, which asyncpg decodes to records; a column added
-    to one of these tables while a replica runs fails that replica's next
-    read on each connection once (``OutdatedSchemaCacheError``: asyncpg then
-    reloads the types), so such a migration is rolled out with a restart.
-    """
-    row = await conn.fetchrow(
-        "SELECT o.*,"
-        " ARRAY(SELECT l FROM order_lines l WHERE l.order_id = o.id ORDER BY l.position) AS lines,"
-        " ARRAY(SELECT f FROM fulfillments f WHERE f.order_id = o.id ORDER BY f.id)"
-        " AS fulfillments,"
-        " CASE WHEN $2 THEN ARRAY(SELECT u FROM usage_records u WHERE u.order_id = o.id"
-        " ORDER BY u.recorded_at, u.charge_id) END AS usage"
-        " FROM orders o WHERE o.id = $1",
-        order_id,
-        with_usage,
-    )
-    assert row is not None  # locked by the caller
-    return _order(
+def _snapshot(row: Any) -> Snapshot:
+    order = _order(
         row,
         [_line(line) for line in row["lines"]],
         [_fulfillment(f) for f in row["fulfillments"]],
         [UsageCharge(u["charge_id"], u["amount"]) for u in row["usage"] or ()],
     )
+    return Snapshot(order, row["version"])
 
 
 async def order(conn: Connection, order_id: str) -> Order | None:
@@ -304,29 +332,57 @@ def _fulfillment(row: Any) -> Fulfillment:
     )
 
 
-async def save_changes(conn: Connection, before: Order, after: Order, events: outbox.Batch) -> None:
-    """The order's new state, its changed fulfilments and its events, in one statement."""
+async def save_changes(
+    conn: Connection, before: Snapshot, after: Order, events: outbox.Batch
+) -> bool:
+    """The order's new state, its changed fulfilments and its events, in one statement,
+    if the order is still at the version ``before`` was read at; False if it moved on.
+
+    The order's row is updated first, on its id and version, moving the
+    version on; the fulfilments and the events follow only if that update
+    found the row (``EXISTS (SELECT 1 FROM changed)``).  Every part of a
+    ``WITH`` runs once, against the snapshot the statement started with, and
+    none sees another's changes except through its ``RETURNING``: reading
+    ``changed`` is what ties the rest to the outcome of the check.  The
+    condition does not depend on the rows it guards, so PostgreSQL runs it
+    once before them (a one-time filter): on a lost race no fulfilment is
+    touched and no event recorded, and the order's row is always the first
+    row this statement locks.  An update that meets another writer's
+    uncommitted change of the row waits for it to end, then checks the
+    version again on the row as committed: two changes decided from one
+    version never both land.
+
+    Alone on a connection the statement commits by itself; inside a
+    transaction (an Idempotency-Key's, the timer loop's) the row stays locked
+    until that commits, and a lost race leaves the transaction usable.
+    """
     changed = [
-        new for old, new in zip(before.fulfillments, after.fulfillments, strict=True) if old != new
+        new
+        for old, new in zip(before.order.fulfillments, after.fulfillments, strict=True)
+        if old != new
     ]
-    await conn.execute(
-        "WITH answered AS (UPDATE fulfillments f SET status = c.status, reason = c.reason,"
-        " changed_at = c.changed_at FROM unnest($6::text[], $7::text[], $8::text[],"
-        " $9::timestamptz[]) AS c(id, status, reason, changed_at) WHERE f.id = c.id),"
-        f" events AS ({events.insert(10)})"
-        " UPDATE orders SET status = $2, changed_at = $3, cancel_reason = $4, sequence = $5"
-        " WHERE id = $1",
+    saved: bool = await conn.fetchval(
+        "WITH changed AS (UPDATE orders SET status = $2, changed_at = $3, cancel_reason = $4,"
+        " sequence = $5, version = version + 1 WHERE id = $1 AND version = $6 RETURNING id),"
+        " answered AS (UPDATE fulfillments f SET status = c.status, reason = c.reason,"
+        " changed_at = c.changed_at FROM unnest($7::text[], $8::text[], $9::text[],"
+        " $10::timestamptz[]) AS c(id, status, reason, changed_at)"
+        " WHERE f.id = c.id AND f.order_id = $1 AND EXISTS (SELECT 1 FROM changed)),"
+        f" events AS ({events.insert(11, when='EXISTS (SELECT 1 FROM changed)')})"
+        " SELECT EXISTS (SELECT 1 FROM changed)",
         after.order_id,
         after.status,
         after.changed_at,
         after.cancel_reason,
         after.sequence,
+        before.version,
         [f.fulfillment_id for f in changed],
         [f.status for f in changed],
         [f.reason for f in changed],
         [f.changed_at for f in changed],
         *events.columns,
     )
+    return saved
 
 
 async def record_usage(

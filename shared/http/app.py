@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared import logs
 from shared.db import TRANSIENT_DB_ERRORS, Pool
-from shared.errors import Conflict, DomainError, NotAllowed, NotFound, RuleViolated
+from shared.errors import Conflict, Contended, DomainError, NotAllowed, NotFound, RuleViolated
 from shared.http.api import (
     DB_POOL,
     KEY_SECRET,
@@ -194,6 +194,8 @@ def problem_of(refusal: DomainError) -> HTTPProblem:
         return HTTPProblem(404, "Not found", str(refusal))
     if isinstance(refusal, Conflict):
         return HTTPProblem(409, "Conflict", str(refusal))
+    if isinstance(refusal, Contended):
+        return HTTPProblem(503, "Service unavailable", str(refusal), headers={"Retry-After": "1"})
     if isinstance(refusal, NotAllowed):
         return HTTPProblem(403, "Forbidden", str(refusal))
     if isinstance(refusal, RuleViolated):

@@ -12,7 +12,8 @@ import pytest
 from shared.contracts import fulfillments as f_events
 from shared.contracts import orders as o_events
 from tests.integration.catalog.conftest import Catalog
-from tests.integration.orders.conftest import Orders, publish_joint_offering
+from tests.integration.orders.conftest import JointOffering, Orders, publish_joint_offering
+from tests.integration.orders.test_optimistic_changes import count, of_order, recorded
 from tests.integration.orders.test_saga import fulfillment_events, order_events
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -94,3 +95,110 @@ async def test_fifty_parallel_posts_with_one_idempotency_key_create_one_order(
         customer, [{"offering_id": offering.id, "quantity": 4}], headers=headers
     )
     assert other.status == 409
+
+
+async def fulfillments_of(
+    orders: Orders, offering: JointOffering, order_ids: list[str]
+) -> dict[str, dict[str, str]]:
+    """order id → partner id → that partner's fulfilment id."""
+    found: dict[str, dict[str, str]] = {order_id: {} for order_id in order_ids}
+    for partner in offering.partners:
+        reply = await orders.call(
+            "GET", "/v1/fulfillments", token=partner.token, params={"limit": 500}
+        )
+        for item in reply.expect(200)["items"]:
+            if item["order_id"] in found:
+                found[item["order_id"]][partner.id] = item["id"]
+    return found
+
+
+async def test_three_partners_answering_at_once_confirm_and_fulfil_each_order_once(
+    catalog: Catalog, orders: Orders
+) -> None:
+    offering = await publish_joint_offering(catalog, orders)
+    customer = await catalog.sign_up_customer()
+    placed = [
+        (await orders.place(customer, [{"offering_id": offering.id, "quantity": 1}])).expect(201)
+        for _ in range(6)
+    ]
+    order_ids = [order["id"] for order in placed]
+    mine = await fulfillments_of(orders, offering, order_ids)
+
+    for verb in ("accept", "complete"):
+        # Every partner of every order at once; half of them under an Idempotency-Key,
+        # where the change runs inside the key's transaction.
+        replies = await asyncio.gather(
+            *(
+                orders.call(
+                    "POST",
+                    f"/v1/fulfillments/{mine[order_id][partner.id]}/{verb}",
+                    token=partner.token,
+                    headers={"Idempotency-Key": f"{verb}-{order_id}"} if n % 2 else None,
+                )
+                for order_id in order_ids
+                for n, partner in enumerate(offering.partners)
+            )
+        )
+        assert [r.status for r in replies] == [200] * len(replies), [r.body for r in replies]
+
+    async with orders.database() as db:
+        for order_id in order_ids:
+            assert await db.fetchval("SELECT status FROM orders WHERE id = $1", order_id) == (
+                "fulfilled"
+            )
+            events = await recorded(db, order_id)
+            assert of_order(events) == [
+                (o_events.OrderPlaced.EVENT_TYPE, 1),
+                (o_events.OrderConfirmed.EVENT_TYPE, 2),
+                (o_events.OrderFulfilled.EVENT_TYPE, 3),
+            ]
+            for answered in (f_events.FulfillmentAccepted, f_events.FulfillmentCompleted):
+                assert count(events, answered.EVENT_TYPE) == 3
+
+
+async def test_a_cancel_racing_the_last_accept_leaves_one_consistent_outcome(
+    catalog: Catalog, orders: Orders
+) -> None:
+    offering = await publish_joint_offering(catalog, orders)
+    customer = await catalog.sign_up_customer()
+    placed = [
+        (await orders.place(customer, [{"offering_id": offering.id, "quantity": 1}])).expect(201)
+        for _ in range(6)
+    ]
+    order_ids = [order["id"] for order in placed]
+    mine = await fulfillments_of(orders, offering, order_ids)
+    last = offering.integrator
+    for order_id in order_ids:
+        for partner in (offering.isv, offering.msp):
+            (await orders.answer(partner, mine[order_id][partner.id], "accept")).expect(200)
+
+    for order_id in order_ids:
+        accepted, cancelled = await asyncio.gather(
+            orders.answer(last, mine[order_id][last.id], "accept"),
+            orders.call("POST", f"/v1/orders/{order_id}/cancel", token=customer.token),
+        )
+        assert cancelled.status == 200, cancelled.body
+        async with orders.database() as db:
+            events = await recorded(db, order_id)
+            statuses = await db.fetch(
+                "SELECT status FROM fulfillments WHERE order_id = $1", order_id
+            )
+        assert {row["status"] for row in statuses} == {"cancelled"}
+        if accepted.status == 200:
+            # The accept landed first: confirmed, then cancelled and refunded.
+            assert of_order(events) == [
+                (o_events.OrderPlaced.EVENT_TYPE, 1),
+                (o_events.OrderConfirmed.EVENT_TYPE, 2),
+                (o_events.OrderCancelled.EVENT_TYPE, 3),
+                (o_events.OrderRefunded.EVENT_TYPE, 4),
+            ]
+            assert count(events, f_events.FulfillmentAccepted.EVENT_TYPE) == 3
+        else:
+            # The cancel landed first: the accept found the order cancelled.
+            assert accepted.status == 409, accepted.body
+            assert of_order(events) == [
+                (o_events.OrderPlaced.EVENT_TYPE, 1),
+                (o_events.OrderCancelled.EVENT_TYPE, 2),
+            ]
+            assert count(events, f_events.FulfillmentAccepted.EVENT_TYPE) == 2
+        assert count(events, f_events.FulfillmentCancelled.EVENT_TYPE) == 3

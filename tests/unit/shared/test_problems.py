@@ -1,4 +1,4 @@
-"""problems.field_of: msgspec's error locations become the field names clients see."""
+"""problems: msgspec's error locations become the field names clients see; refusals their status."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shared.errors import Conflict, Contended, DomainError, NotAllowed, NotFound, RuleViolated
+from shared.http.app import problem_of
 from shared.http.problems import (
     PROBLEM_CONTENT_TYPE,
     FieldError,
@@ -93,3 +95,23 @@ def test_a_problem_without_field_errors_omits_the_list() -> None:
 def test_any_nested_index_is_reported(name: str, index: int) -> None:
     error = msgspec.ValidationError(f"Expected `int`, got `str` - at `$.{name}[{index}].quantity`")
     assert field_of(error).field == f"{name}[{index}].quantity"
+
+
+@pytest.mark.parametrize(
+    ("refusal", "status"),
+    [
+        (NotFound("order o"), 404),
+        (Conflict("the order is cancelled"), 409),
+        (NotAllowed("no"), 403),
+        (RuleViolated.single("lines", "empty"), 422),
+        (Contended("the order changed 8 times"), 503),
+    ],
+)
+def test_each_refusal_has_its_status(refusal: DomainError, status: int) -> None:
+    assert problem_of(refusal).problem.status == status
+
+
+def test_a_contended_change_is_told_to_try_again() -> None:
+    response = problem_response(problem_of(Contended("the order changed 8 times")))
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "1"
