@@ -225,6 +225,37 @@ async def test_a_write_decided_from_an_old_version_changes_nothing_and_records_n
     assert await conn.fetchval("SELECT count(*) FROM outbox WHERE event_id = ANY($1)", ids) == 0
 
 
+async def test_a_change_by_a_replica_that_does_not_know_versions_still_moves_the_version(
+    placed: Placed,
+) -> None:
+    """During a rolling upgrade an older replica updates orders under a row lock
+    and never sets the version; a write decided before its change must still lose."""
+    conn, other, order = placed.conn, placed.other, placed.order
+    stale = await store.order_snapshot(conn, order.order_id)
+    assert stale is not None
+
+    async with other.transaction():
+        await other.execute("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE", order.order_id)
+        await other.execute(
+            "UPDATE orders SET status = 'cancelled', cancel_reason = 'customer' WHERE id = $1",
+            order.order_id,
+        )
+    assert await conn.fetchval("SELECT version FROM orders WHERE id = $1", order.order_id) == 1
+
+    transition = domain.decide(stale.order, Accept(ISV), PLACED_AT)
+    events = outbox.batch(
+        [
+            outbox.Entry(f_events.TOPIC, e, e.fulfillment.partner_id)
+            for e in transition.fulfillment_events
+        ],
+        producer=handlers.PRODUCER,
+    )
+    assert await store.save_changes(conn, stale, transition.order, events) is False
+    row = await conn.fetchrow("SELECT status, version FROM orders WHERE id = $1", order.order_id)
+    assert row is not None
+    assert (row["status"], row["version"]) == ("cancelled", 1)
+
+
 async def test_an_answer_that_lost_the_race_decides_again_from_what_won(
     placed: Placed,
 ) -> None:
