@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from shared.migrations import PLUMBING_MIGRATIONS, MigrationError, discover, migrate
+from tests.support.infra import unique_name
 from tests.support.waiting import wait_for
 
 
@@ -362,3 +363,60 @@ async def test_an_applied_no_transaction_migration_is_checked_like_any_other(
     write(folder, "0003_accounts_by_email.sql", NO_TRANSACTION + build.replace("email)", "id)"))
     with pytest.raises(MigrationError, match="changed after it was applied"):
         await migrate(conn, [("svc", folder)])
+
+
+async def test_a_build_by_hand_as_another_role_is_not_dropped_under_it(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    """The services migrate as their database's owner (deploy/k8s: the app role), not a
+    superuser; an operator builds by hand as whoever they are (docs/migrations.md, step 3).
+
+    PostgreSQL shows another role's ``pg_stat_progress_create_index`` row with its
+    ``index_relid`` NULL unless the viewer has ``pg_read_all_stats``: the runner must
+    still not take the half-built index for one a failed build left.
+    """
+    role = unique_name("migrator")
+    folder = tmp_path / "svc"
+    write(folder, "0001_accounts.sql", ACCOUNTS)
+    build = "CREATE INDEX CONCURRENTLY IF NOT EXISTS accounts_by_email ON accounts (email);\n"
+    admin = await asyncpg.connect(fresh_database)
+    database = await admin.fetchval("SELECT current_database()")
+    await admin.execute(f"CREATE ROLE {role} LOGIN")
+    await admin.execute(f"ALTER DATABASE {database} OWNER TO {role}")
+    migrating = await asyncpg.connect(fresh_database, user=role)
+    holder = await asyncpg.connect(fresh_database)
+    try:
+        await migrate(migrating, [("svc", folder)])
+        write(folder, "0002_accounts_by_email.sql", NO_TRANSACTION + build)
+        opened = holder.transaction()
+        await opened.start()
+        await holder.execute("INSERT INTO accounts VALUES (1, 'early@example.com')")
+        building = asyncio.create_task(admin.execute(build))
+        await wait_for(
+            lambda: holder.fetchval(
+                "SELECT true FROM pg_stat_progress_create_index WHERE pid = $1",
+                admin.get_server_pid(),
+            ),
+            timeout=10,
+            message="the build by hand never started",
+        )
+        try:
+            # Either answer is right; waiting on the half-built index to drop it is not.
+            async with asyncio.timeout(10):
+                with pytest.raises(MigrationError, match="being built by another session"):
+                    await migrate(migrating, [("svc", folder)])
+        finally:
+            await opened.commit()
+            await asyncio.wait_for(building, 30)
+    finally:
+        await migrating.close()
+        await holder.close()
+        await admin.execute(f"ALTER DATABASE {database} OWNER TO CURRENT_USER")
+        await admin.execute(f"REASSIGN OWNED BY {role} TO CURRENT_USER")
+        await admin.close()
+        async with asyncio.timeout(10):
+            other = await asyncpg.connect(fresh_database)
+            try:
+                await other.execute(f"DROP ROLE {role}")
+            finally:
+                await other.close()
