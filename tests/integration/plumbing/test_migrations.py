@@ -7,6 +7,7 @@ writes go on while they build, a failed build is retried from scratch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -268,6 +269,35 @@ async def test_a_failed_concurrent_build_is_rebuilt_valid_once_the_data_allows(
         await conn.execute("INSERT INTO accounts VALUES (3, 'same@example.com')")
 
 
+@contextlib.asynccontextmanager
+async def built_by_hand_halfway(
+    by_hand: asyncpg.Connection[asyncpg.Record],
+    holder: asyncpg.Connection[asyncpg.Record],
+    build: str,
+) -> AsyncIterator[None]:
+    """``build`` run by hand, held halfway (its index invalid) for the block; then finished.
+
+    An open write transaction on ``holder`` is what holds the build.
+    """
+    opened = holder.transaction()
+    await opened.start()
+    await holder.execute("INSERT INTO accounts VALUES (1, 'early@example.com')")
+    building = asyncio.create_task(by_hand.execute(build))
+    try:
+        await wait_for(
+            lambda: holder.fetchval(
+                "SELECT true FROM pg_stat_progress_create_index WHERE pid = $1",
+                by_hand.get_server_pid(),
+            ),
+            timeout=10,
+            message="the build by hand never started",
+        )
+        yield
+    finally:
+        await opened.commit()
+        await asyncio.wait_for(building, 30)
+
+
 async def test_an_index_someone_is_building_by_hand_is_not_dropped_under_them(
     fresh_database: str, tmp_path: Path
 ) -> None:
@@ -280,24 +310,9 @@ async def test_an_index_someone_is_building_by_hand_is_not_dropped_under_them(
     try:
         await migrate(migrating, [("svc", folder)])
         write(folder, "0002_accounts_by_email.sql", NO_TRANSACTION + build)
-        # The open transaction holds the build by hand halfway, its index invalid.
-        opened = holder.transaction()
-        await opened.start()
-        await holder.execute("INSERT INTO accounts VALUES (1, 'early@example.com')")
-        building = asyncio.create_task(by_hand.execute(build))
-        await wait_for(
-            lambda: migrating.fetchval(
-                "SELECT true FROM pg_stat_progress_create_index WHERE pid = $1",
-                by_hand.get_server_pid(),
-            ),
-            timeout=10,
-            message="the build by hand never started",
-        )
-        with pytest.raises(MigrationError, match="being built by another session"):
-            await migrate(migrating, [("svc", folder)])
-
-        await opened.commit()
-        await asyncio.wait_for(building, 30)
+        async with built_by_hand_halfway(by_hand, holder, build):
+            with pytest.raises(MigrationError, match="being built by another session"):
+                await migrate(migrating, [("svc", folder)])
         assert await migrate(migrating, [("svc", folder)]) == ["svc/0002_accounts_by_email"]
         assert await index_valid(migrating, "accounts_by_email") is True
     finally:
@@ -388,26 +403,11 @@ async def test_a_build_by_hand_as_another_role_is_not_dropped_under_it(
     try:
         await migrate(migrating, [("svc", folder)])
         write(folder, "0002_accounts_by_email.sql", NO_TRANSACTION + build)
-        opened = holder.transaction()
-        await opened.start()
-        await holder.execute("INSERT INTO accounts VALUES (1, 'early@example.com')")
-        building = asyncio.create_task(admin.execute(build))
-        await wait_for(
-            lambda: holder.fetchval(
-                "SELECT true FROM pg_stat_progress_create_index WHERE pid = $1",
-                admin.get_server_pid(),
-            ),
-            timeout=10,
-            message="the build by hand never started",
-        )
-        try:
+        async with built_by_hand_halfway(admin, holder, build):
             # Either answer is right; waiting on the half-built index to drop it is not.
             async with asyncio.timeout(10):
                 with pytest.raises(MigrationError, match="being built by another session"):
                     await migrate(migrating, [("svc", folder)])
-        finally:
-            await opened.commit()
-            await asyncio.wait_for(building, 30)
     finally:
         await migrating.close()
         await holder.close()
