@@ -29,6 +29,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
+
 from shared.db import Connection
 
 PLUMBING_MIGRATIONS = Path(__file__).parent / "sql"
@@ -39,9 +41,12 @@ log = logging.getLogger(__name__)
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LOCK_KEY = 0x6D69677261  # "migra"
 _LOCK_POLL_SECONDS = 0.2
+# How long dropping a failed build's index may wait for the table's lock (see
+# _drop_failed_build): past it, some session is building that index.
+_DROP_LOCK_TIMEOUT_MS = 5_000
 # A first line meant as a directive but not spelled as one (``-- migrations:
 # no-transaction``, ``--migration notransaction``, ``-- no-transaction``).
-_LOOKS_LIKE_DIRECTIVE = re.compile(r"^--\s*(migrations?\b|no[-_ ]?transaction)", re.IGNORECASE)
+_LOOKS_LIKE_DIRECTIVE = re.compile(r"^--\s*(migrations?\s*:|no[-_ ]?transaction)", re.IGNORECASE)
 _CONCURRENTLY = re.compile(r"\bconcurrently\b", re.IGNORECASE)
 _COMMENT = re.compile(r"--[^\n]*")
 _NAME = r'("[^"]+"|[a-z_][a-z0-9_$]*)'
@@ -233,21 +238,7 @@ async def _apply_outside_transaction(conn: Connection, migration: Migration) -> 
     for statement in migration.statements_outside_transaction:
         index = statement.builds_index
         if index is not None and await _index_valid(conn, index) is False:
-            # An index being built right now is invalid too until it is done.
-            builder = await conn.fetchval(
-                "SELECT pid FROM pg_stat_progress_create_index WHERE index_relid = to_regclass($1)",
-                index,
-            )
-            if builder is not None:
-                raise MigrationError(
-                    f"{migration.label}: index {index} is being built by another session"
-                    f" (pid {builder}); start again once it is done"
-                )
-            log.warning(
-                "dropping an invalid index an earlier failed build left",
-                extra={"migration": migration.label, "index": index},
-            )
-            await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index}")
+            await _drop_failed_build(conn, migration, index)
         await conn.execute(statement.sql)
         if index is None:
             continue
@@ -259,6 +250,45 @@ async def _apply_outside_transaction(conn: Connection, migration: Migration) -> 
             )
         if not valid:
             raise MigrationError(f"{migration.label}: index {index} is invalid after its build")
+
+
+async def _drop_failed_build(conn: Connection, migration: Migration, index: str) -> None:
+    """Drop an invalid index that a failed build left; refuse one still being built.
+
+    An index being built right now is invalid too until it is done.  Its
+    builder shows in ``pg_stat_progress_create_index``, but with the index
+    hidden from a viewer of another role without ``pg_read_all_stats`` (the
+    services migrate as their database's owner, an operator builds by hand
+    as whoever they are).  So the drop itself is the test: a build holds the
+    table's SHARE UPDATE EXCLUSIVE lock until it ends, and a drop that cannot
+    have it within ``_DROP_LOCK_TIMEOUT`` is waiting for a live build, which it
+    would otherwise throw away once that is done.  Autovacuum, the other
+    holder of that lock, gives it up to a waiter after ``deadlock_timeout``
+    (1 s by default), well within the timeout.
+    """
+    builder = await conn.fetchval(
+        "SELECT pid FROM pg_stat_progress_create_index WHERE index_relid = to_regclass($1)",
+        index,
+    )
+    being_built = MigrationError(
+        f"{migration.label}: index {index} is being built by another session"
+        + (f" (pid {builder})" if builder is not None else "")
+        + " (or a long transaction holds its table); start again once it is done"
+    )
+    if builder is not None:
+        raise being_built
+    log.warning(
+        "dropping an invalid index an earlier failed build left",
+        extra={"migration": migration.label, "index": index},
+    )
+    # SET, not SET LOCAL: DROP INDEX CONCURRENTLY runs outside any transaction.
+    await conn.execute(f"SET lock_timeout = '{_DROP_LOCK_TIMEOUT_MS}ms'")
+    try:
+        await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index}")
+    except asyncpg.LockNotAvailableError:
+        raise being_built from None
+    finally:
+        await conn.execute("RESET lock_timeout")
 
 
 async def _index_valid(conn: Connection, index: str) -> bool | None:

@@ -81,6 +81,10 @@ def test_a_misspelt_directive_is_refused_even_without_concurrently(first_line: s
         read(f"{first_line}\nDROP INDEX accounts_by_email;\n")
 
 
+def test_a_first_line_that_only_mentions_migrations_is_an_ordinary_comment() -> None:
+    assert read("-- Migration notes: look-ups by email.\nCREATE INDEX a ON b (c);") == ()
+
+
 def test_concurrently_in_a_comment_does_not_need_the_directive() -> None:
     assert read("-- Built without CONCURRENTLY: the table is new.\nCREATE INDEX a ON b (c);") == ()
 
