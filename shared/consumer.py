@@ -107,7 +107,7 @@ class PermanentError(Exception):
 
 
 class Failure(enum.Enum):
-    CONCURRENT = "concurrent"  # another member moved a key's position: retry at once
+    CONCURRENT = "concurrent"  # another member moved or parked behind a key's position: retry now
     TRANSIENT = "transient"  # the database cannot serve now: retry without limit
     PERMANENT = "permanent"  # dead-letter at once
     RETRYABLE = "retryable"  # maybe a fluke: retry a bounded number of times
@@ -520,8 +520,8 @@ class BatchConsumer:
             kind = classify(error)
             if kind is Failure.CONCURRENT:
                 # Nothing failed: another transaction committed first, and the
-                # next attempt reads what it wrote.  Each one is progress, so no
-                # backoff, and an outage after it backs off from the start.
+                # next attempt reads what it wrote.  Each one is progress, so it is
+                # retried at once and counts neither as a failure nor as an outage.
                 log.info(
                     "position moved by a concurrent member, retrying",
                     extra={"consumer": self.name, "error": str(error)},
