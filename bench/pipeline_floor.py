@@ -164,6 +164,7 @@ class OrderRows:
 
 
 def order_rows(published: dict[str, list[Record]], entries: float, postings: float) -> OrderRows:
+    """``published``: the run's events by topic; ``entries``, ``postings``: per order, booked."""
     records = [record for topic in published.values() for record in topic]
     size = sum(len(value) for _, value, _ in records) // len(records) if records else 0
     return OrderRows(sum(events_per_order(published).values()), size, entries, postings)
@@ -269,7 +270,7 @@ def ledger_rows(
     rows: OrderRows, orders_worth: int
 ) -> list[tuple[list[tuple[object, ...]], list[tuple[object, ...]]]]:
     """``orders_worth`` orders' journal entries and postings, a batch of ``LEDGER_BATCH``
-    orders at a time, each entry's postings balanced in pairs."""
+    orders at a time; amounts alternate in sign (nothing checks the balance here)."""
     now = datetime.now(UTC)
     batches = []
     for first in range(0, orders_worth, LEDGER_BATCH):
