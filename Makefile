@@ -1,6 +1,6 @@
 # One target per thing a developer does. `make run` and `make test` are the two
 # set-up commands of the README: each installs what it needs first.
-.PHONY: deps run stop status test lint typecheck test-unit test-integration test-e2e test-faults test-security bench bench-plumbing bench-pipeline bench-scale
+.PHONY: deps run stop status test lint typecheck test-unit test-integration test-e2e test-faults test-security bench bench-plumbing bench-pipeline bench-floor bench-scale
 
 deps:
 	@bash deploy/local/prerequisites.sh
@@ -55,6 +55,11 @@ bench: deps
 # TEST_KAFKA_BOOTSTRAP/TEST_PG_DSN when set, else starts its own servers.
 bench-pipeline: deps
 	uv run python -m bench.pipeline --profile orders
+
+# Only the floor per order (an order's raw work done bare, the cheapest way),
+# after one short step that counts what an order writes; prints, writes nothing.
+bench-floor: deps
+	uv run python -m bench.pipeline --floor-only
 
 # One process against two, of orders (placement, relay) and of settlement (catch-up);
 # writes bench/results/scale-out.md.  Uses TEST_KAFKA_BOOTSTRAP/TEST_PG_DSN when set.

@@ -2,6 +2,7 @@
 
     uv run python -m bench.pipeline [--rates 25,50,100,200,400,800] [--seconds 4]
                                     [--profile orders --profile-at 100]
+    uv run python -m bench.pipeline --floor-only [--floor-orders 1000]
 
 Catalog, orders and settlement run as real processes (``python -m
 services.<name>``) over the Kafka and PostgreSQL given by ``--kafka`` and
@@ -23,6 +24,8 @@ backends by database, the Kafka broker, the whole machine) is divided by the
 orders charged.  The floor per order (``bench.pipeline_floor``: an order's
 HTTP exchanges, database transactions and Kafka events done bare) follows in
 the same run, and ``bench/results/pipeline.md`` and ``pipeline.png`` are written.
+``--floor-only`` places just enough orders (one short step at 10/s) to count what
+an order writes and publishes, measures the floor, prints it and writes nothing.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from bench import pipeline_floor as floor
 from bench import pipeline_limits as limits
 from bench import pipeline_report as report
 from bench.orders_place import _create_database, _drop_database, prepare
-from bench.pipeline_cpu import CpuMeter, pid_listening
+from bench.pipeline_cpu import CpuMeter, ceiling, pid_listening
 from bench.pipeline_load import (
     Charged,
     Customers,
@@ -317,14 +320,26 @@ async def _measure_floor(
         topic.removeprefix(stack.prefix): records for topic, records in published.items()
     }
     run.events_per_order = floor.events_per_order(by_contract)
+    ledger = await asyncpg.connect(stack.dsns["settlement"])
+    try:
+        entries, postings = await floor.ledger_per_order(ledger)
+    finally:
+        await ledger.close()
+    rows = floor.order_rows(by_contract, entries, postings)
+    print(
+        f"  an order here: {rows.events:.1f} events of {rows.payload} B on average,"
+        f" {rows.entries:.1f} journal entries, {rows.postings:.1f} postings",
+        flush=True,
+    )
     http = await floor.http_floor(meter, session, stack.bare_url, PLACEMENT_BODY, orders_worth)
     print(http.line(), flush=True)
     pool = await db.create_pool(stack.dsns["bare"], min_size=POOL_SIZE, max_size=POOL_SIZE)
     try:
-        database = await floor.database_floor(meter, pool, orders_worth, POOL_SIZE)
+        database = await floor.database_floor(meter, pool, rows, orders_worth, POOL_SIZE)
     finally:
         await pool.close()
-    print(database.line(), flush=True)
+    for part in database:
+        print(part.line(), flush=True)
     events, run.kafka = await floor.kafka_floor(meter, stack.kafka, by_contract, orders_worth)
     print(events.line(), flush=True)
     print(
@@ -332,7 +347,10 @@ async def _measure_floor(
         f" read at {run.kafka.consume_per_s:,.0f}/s",
         flush=True,
     )
-    run.floor = floor.Floor([http, database, events], run.kafka)
+    run.floor = floor.Floor([http, *database, events], run.kafka)
+    total = run.floor.ms_per_order()
+    print(f"  floor {total:.2f} ms/order: {ceiling(run.cores, total):,.0f} orders/s on "
+          f"{run.cores} cores", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -350,8 +368,14 @@ def main() -> None:
     parser.add_argument(
         "--settle-seconds", type=float, default=45.0, help="wait for the backlog before the floor"
     )
+    parser.add_argument(
+        "--floor-only", action="store_true", help="one short step, then the floor; no report"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.floor_only:
+        # Enough orders to count what one writes and publishes; the floor is the point.
+        args.rates, args.seconds, args.profile = "10", 2.0, None
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as folder:
         state = Path(folder)
@@ -363,6 +387,8 @@ def main() -> None:
                 run = runtime.run(run_steps(args, stack, state))
         finally:
             infra.remove_state(state)
+    if args.floor_only:
+        return
     (args.out / "pipeline.md").write_text(report.markdown(run))
     report.plot(run, args.out / "pipeline.png")
     print(f"\nwrote {args.out / 'pipeline.md'} and {args.out / 'pipeline.png'}")

@@ -6,10 +6,16 @@ import pytest
 
 from bench.pipeline_cpu import BENCH_READS, Usage
 from bench.pipeline_floor import (
+    LEDGER_BATCH,
     Floor,
     FloorPart,
+    OrderRows,
     events_per_order,
+    ledger_rows,
+    order_rows,
     orders_worth_of,
+    rows_worth,
+    spread,
 )
 from bench.pipeline_limits import KafkaLimit, Record
 from bench.pipeline_load import Charged, Placed
@@ -39,6 +45,46 @@ def test_an_orders_worth_of_events_goes_round_the_published_ones_again() -> None
     assert orders_worth_of([], 2.5, 3) == []
 
 
+def test_a_total_is_spread_evenly_the_larger_shares_last() -> None:
+    assert spread(8, 6) == [1, 1, 2, 1, 1, 2]  # the round's last answer emits the order's
+    assert spread(6, 6) == [1] * 6
+    assert spread(3, 2) == [1, 2]
+    assert spread(0, 3) == [0, 0, 0]
+    assert spread(5, 0) == []
+    assert sum(spread(52, 11)) == 52
+
+
+def test_rows_worth_rounds_the_orders_worth() -> None:
+    assert rows_worth(4.6, 10) == 46
+    assert rows_worth(4.66, 3) == 14
+    assert rows_worth(0.0, 100) == 0
+
+
+def test_what_an_order_writes_is_counted_from_what_the_pipeline_published() -> None:
+    published: dict[str, list[Record]] = {
+        orders.TOPIC.name: [(b"o1", b"x" * 100, []), (b"o1", b"x" * 300, [])],
+        fulfillments.TOPIC.name: [(b"p1", b"x" * 200, [])] * 10,
+    }
+    rows = order_rows(published, entries=4.0, postings=16.0)
+    assert rows == OrderRows(events=12.0, payload=200, entries=4.0, postings=16.0)
+    # The placement writes four of the twelve; the answers the eight left.
+    assert rows.answer_events() == [1, 1, 2, 1, 1, 2]
+    assert order_rows({}, 0.0, 0.0).payload == 0
+    assert OrderRows(3.0, 100, 0.0, 0.0).answer_events() == [0] * 6  # never below none
+
+
+def test_the_ledger_s_rows_come_in_batches_of_orders_as_many_per_order_as_booked() -> None:
+    rows = OrderRows(events=12.0, payload=0, entries=4.5, postings=17.0)
+    batches = ledger_rows(rows, LEDGER_BATCH + 10)
+    assert len(batches) == 2
+    entries = [e for batch, _ in batches for e in batch]
+    postings = [p for _, batch in batches for p in batch]
+    assert len(entries) == round(4.5 * LEDGER_BATCH) + 45
+    assert len(postings) == 17 * (LEDGER_BATCH + 10)
+    assert {p[0] for p in postings} <= {e[0] for e in entries}
+    assert len({e[3] for e in entries}) == LEDGER_BATCH + 10  # an order id each
+
+
 def _part(name: str, cpu_seconds: float) -> FloorPart:
     return FloorPart(name, name, 1000, Usage(2.0, {"client": cpu_seconds}, 2.0))
 
@@ -66,7 +112,7 @@ def test_the_report_shows_the_cpu_per_order_the_floor_and_the_ceiling() -> None:
     text = markdown(run)
     assert "## Where each order's CPU goes" in text
     assert "| 25 | 25 | 25 | 35.0 | 2.2x |" in text  # the bench's reads left out
-    assert "| **floor** | the three together | **16.00** |" in text
+    assert "| **floor** | the parts together | **16.00** |" in text
     assert "2 cores ÷ 16.00 ms = **125 orders/s**" in text
     # The floor's parts here count only a client: all of it is Python.
     assert "| Python processes | 20.0 | 16.0 | 1.2x |" in text
