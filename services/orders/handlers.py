@@ -50,7 +50,8 @@ from shared.tokens import Principal
 PRODUCER = "orders"
 ACCEPTANCE_DEADLINE = "orders.acceptance-deadline"
 # How often one change reads and decides again when others keep changing the order.
-CHANGE_ATTEMPTS = 8
+# Optimistic attempts at a change before it queues on the order's row lock.
+OPTIMISTIC_ATTEMPTS = 3
 CHANGES_LOST = Counter(
     "orders_changes_lost_total",
     "Changes of an order decided from a version another change had moved on (decided again)",
@@ -321,13 +322,13 @@ async def _change(
     """Read, decide, write if nobody changed the order meanwhile; else read again.
 
     ``read`` raises when the order is not the caller's to change.  Each lost
-    attempt means another change of the order landed, and an order takes
-    only a handful (an answer per partner, a cancel, the deadline; usage
-    reports once confirmed), so ``CHANGE_ATTEMPTS`` is reached only by a
-    pile-up: the caller is then told to try again (503 with ``Retry-After``)
-    rather than held on.  No pause between attempts: the other change has
-    already landed, so the next read finds it.  ``turns``: the changes of
-    this order running in this process, to wait for rather than race.
+    attempt means another change of the order landed; no pause between
+    attempts, since the next read finds it.  After ``OPTIMISTIC_ATTEMPTS``
+    lost races the change queues on the order's row lock instead, as every
+    change did before versions: a steady stream of usage reports (each holds
+    that lock across its round trips) would otherwise make a cancel or a
+    completion lose every race.  ``turns``: the changes of this order running
+    in this process, to wait for rather than race.
     """
     before = await read()
     if turns is None:
@@ -344,7 +345,7 @@ async def _attempts(
     now: datetime,
     turn: Turn | None,
 ) -> Order:
-    for attempt in range(CHANGE_ATTEMPTS):
+    for attempt in range(OPTIMISTIC_ATTEMPTS):
         if attempt:
             CHANGES_LOST.inc()
             before = await read()
@@ -354,9 +355,32 @@ async def _attempts(
                 # Committed: what it stored is the order at the next version.
                 turn.stored = store.Snapshot(transition.order, before.version + 1)
             return transition.order
-    raise Contended(
-        f"the order changed {CHANGE_ATTEMPTS} times while this change was decided; try again"
-    )
+    CHANGES_LOST.inc()
+    return await _locked_attempt(conn, read, before.order.order_id, command, now)
+
+
+async def _locked_attempt(
+    conn: Connection,
+    read: Callable[[], Awaitable[store.Snapshot]],
+    order_id: str,
+    command: Command,
+    now: datetime,
+) -> Order:
+    """The change under the order's row lock: every writer of the order takes that
+    lock, so nothing moves the version between this read and this write.
+
+    In a transaction of its own (a savepoint inside the caller's), so the lock
+    is held only for the read and the write; a state written here is not
+    handed on to the next turn, like any written inside a transaction.
+    """
+    async with conn.transaction():
+        await store.lock_order_row(conn, order_id)
+        before = await read()
+        transition = domain.decide(before.order, command, now)
+        if not await store.save_changes(conn, before, transition.order, _outbox_batch(transition)):
+            # Unreachable while every writer of orders takes the row lock.
+            raise Contended(f"order {order_id} changed under its lock; try again")
+    return transition.order
 
 
 def _outbox_batch(transition: Transition) -> outbox.Batch:

@@ -228,6 +228,12 @@ async def lock_order(conn: Connection, order_id: str, *, with_usage: bool) -> Sn
     return await order_snapshot(conn, order_id, with_usage=with_usage)
 
 
+async def lock_order_row(conn: Connection, order_id: str) -> None:
+    """Hold the order's row until the transaction ends; read it afterwards, in a statement
+    of its own (see ``lock_order``)."""
+    await conn.execute("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE", order_id)
+
+
 def _snapshot(row: Any) -> Snapshot:
     order = _order(
         row,

@@ -8,7 +8,9 @@ ALTER TABLE orders ADD COLUMN version integer NOT NULL DEFAULT 0;
 -- moving the version; were it not moved for it, a newer replica's write
 -- decided before that change would still find its version and overwrite it.
 -- So an update that leaves the version as it was moves it here, and old and
--- new replicas can run side by side during a rolling upgrade.  The service's
+-- new replicas can run side by side during a rolling upgrade (each pooled
+-- connection of an old replica fails one change once, on its cached
+-- ``SELECT o.*`` inside a transaction, so restart them soon).  The service's
 -- own writes move it themselves, so for them the trigger's condition is false
 -- and the function never runs.
 CREATE FUNCTION orders_move_version() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -31,7 +31,7 @@ from shared.contracts.catalog_offerings import ComponentState, OfferingPublished
 from shared.contracts.envelope import EventRegistry, decode_envelope
 from shared.contracts.pricing import OneTimePricing, Pricing, UsagePricing
 from shared.db import Connection
-from shared.errors import Conflict, Contended, NotFound
+from shared.errors import Conflict, NotFound
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -275,23 +275,42 @@ async def test_an_answer_that_lost_the_race_decides_again_from_what_won(
     await confirmed_once(conn, after)
 
 
-async def test_a_change_gives_up_after_its_attempts_and_leaves_nothing_behind(
+async def test_a_change_that_keeps_losing_queues_on_the_row_lock_and_lands(
     placed: Placed,
 ) -> None:
     conn, other, order = placed.conn, placed.other, placed.order
-    events_before = await conn.fetchval("SELECT count(*) FROM outbox")
+    held_off: list[type[BaseException]] = []
 
-    async def someone_else_writes_each_time(_: int) -> None:
-        # Another writer lands between every read and write.
-        await other.execute("UPDATE orders SET version = version + 1 WHERE id = $1", order.order_id)
+    async def someone_else_writes_each_time(read: int) -> None:
+        if read <= handlers.OPTIMISTIC_ATTEMPTS:
+            # Another writer lands between every optimistic read and its write.
+            await other.execute(
+                "UPDATE orders SET version = version + 1 WHERE id = $1", order.order_id
+            )
+            return
+        # The last read is made under the order's row lock: a writer now waits.
+        async with other.transaction():
+            await other.execute("SET LOCAL lock_timeout = '200ms'")
+            with pytest.raises(asyncpg.LockNotAvailableError) as refused:
+                await other.execute(
+                    "UPDATE orders SET version = version + 1 WHERE id = $1", order.order_id
+                )
+            held_off.append(refused.type)
 
     racing = Interleaved(conn, someone_else_writes_each_time)
-    with pytest.raises(Contended):
-        await answer(cast(Connection, racing), order, ISV)
+    events_before = await conn.fetchval("SELECT count(*) FROM outbox")
+    answered = await answer(cast(Connection, racing), order, ISV)
 
-    assert racing.reads == handlers.CHANGE_ATTEMPTS
-    assert set((await fulfillment_statuses(conn, order.order_id)).values()) == {"requested"}
-    assert await conn.fetchval("SELECT count(*) FROM outbox") == events_before
+    assert racing.reads == handlers.OPTIMISTIC_ATTEMPTS + 1
+    assert held_off == [asyncpg.LockNotAvailableError]
+    assert answered.fulfillment_of(ISV) is not None
+    assert (await fulfillment_statuses(conn, order.order_id))[ISV] == "accepted"
+    assert await conn.fetchval("SELECT count(*) FROM outbox") == events_before + 1
+    assert (
+        await conn.fetchval("SELECT version FROM orders WHERE id = $1", order.order_id)
+        == handlers.OPTIMISTIC_ATTEMPTS + 1
+    )
+    assert not conn.is_in_transaction()
 
 
 async def test_a_change_inside_a_transaction_waits_for_the_other_writer_then_decides_again(
