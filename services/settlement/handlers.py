@@ -69,6 +69,22 @@ def order_id_of(event: Event) -> str:
     raise LedgerRefused(f"{type(event).__name__} is not an order event")
 
 
+def keyed_order_id(envelope: Envelope, event: Event) -> str:
+    """The order ``event`` books on, which must be the order its envelope is keyed by.
+
+    The consumer numbers and dedupes an order's events by the envelope's key,
+    and orders keys every event of an order by that order's id: an event
+    keyed otherwise would get past both and book on a real order, so it is
+    forged or corrupt, and refused.
+    """
+    order_id = order_id_of(event)
+    if envelope.key != order_id:
+        raise LedgerRefused(
+            f"{type(event).__name__} for order {order_id} is keyed by {envelope.key!r}"
+        )
+    return order_id
+
+
 def _book_of(order: OrderFacts) -> OrderBook:
     return OrderBook(
         order_id=order.order_id,
@@ -155,7 +171,7 @@ async def settle_order_events(
     (``BatchConsumer`` with ``sequencing="strict"`` dedupes by event id and
     parks an event that comes after a gap until the gap fills).
     """
-    order_ids = [order_id_of(event) for _, event in events]
+    order_ids = [keyed_order_id(envelope, event) for envelope, event in events]
     books = await store.order_books(conn, list(dict.fromkeys(order_ids)))
     needing_charges = {
         order_id
