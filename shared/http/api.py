@@ -68,6 +68,16 @@ ANY_ROLE: frozenset[Role] = frozenset({"operator", "partner", "customer"})
 _encoder = msgspec.json.Encoder()
 _PATH_PARAM = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)\}")
 _JSON_TYPES = ("application/json", "application/problem+json")
+
+
+class _NoBody(msgspec.Struct, forbid_unknown_fields=True):
+    """What an endpoint without a body reads, when a client sends one anyway."""
+
+
+# A client that sends `{}` to such an endpoint is right; one that sends fields
+# believes they mean something, and one that sends broken JSON has a bug: both
+# are told, as the endpoints with a body tell them, rather than silently obeyed.
+_NO_BODY = msgspec.json.Decoder(_NoBody)
 _UTF8 = ("utf-8", "utf8")
 _DIGITS = re.compile(r"^[0-9]{1,18}$")
 
@@ -352,6 +362,8 @@ def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[we
             body = _read_other_media(request, endpoint, raw_body)
         elif body_decoder is not None:
             body = _decode_body(request, body_decoder, raw_body, accepted=tuple(endpoint.readers))
+        elif raw_body.strip():
+            _decode_body(request, _NO_BODY, raw_body)
         query: Any = (
             _decode_query(request, endpoint.query, integer_params) if endpoint.query else None
         )

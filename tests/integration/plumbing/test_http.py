@@ -84,6 +84,21 @@ async def create_widget(call: Call[WidgetIn, None]) -> WidgetOut:
     return widget
 
 
+class Polished(msgspec.Struct):
+    polished: bool
+
+
+@api.route(
+    "POST",
+    "/v1/widgets/polish",
+    summary="Polish every widget (no body)",
+    roles=frozenset({"partner"}),
+    response=Polished,
+)
+async def polish_widgets(call: Call[None, None]) -> Polished:
+    return Polished(polished=True)
+
+
 @dataclass
 class Widgets:
     client: TestClient[aiohttp.web.Request, aiohttp.web.Application]
@@ -255,6 +270,43 @@ async def test_a_body_that_is_not_json_is_a_415_problem(widgets: Widgets) -> Non
         b"name=x", token=widgets.token(), headers={"Content-Type": "text/plain"}
     )
     assert_problem(status, document, response, 415)
+
+
+@pytest.mark.parametrize("body", [b"", b"{}", b" {} "], ids=["none", "empty-object", "spaced"])
+async def test_an_endpoint_without_a_body_takes_none_or_an_empty_object(
+    widgets: Widgets, body: bytes
+) -> None:
+    response = await widgets.client.post(
+        "/v1/widgets/polish",
+        data=body,
+        headers={"Authorization": f"Bearer {widgets.token()}", "Content-Type": "application/json"},
+    )
+    assert response.status == 200, await response.text()
+    assert msgspec.json.decode(await response.read()) == {"polished": True}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "expected", "field"),
+    [
+        (b"{garbage", "application/json", 400, None),
+        (b'{"force": true}', "application/json", 422, "force"),
+        (b"force=1", "text/plain", 415, None),
+    ],
+    ids=["broken-json", "a-field-it-does-not-read", "not-json"],
+)
+async def test_an_endpoint_without_a_body_refuses_one_that_says_something(
+    widgets: Widgets, body: bytes, content_type: str, expected: int, field: str | None
+) -> None:
+    """A client sending fields to such an endpoint believes they mean something."""
+    response = await widgets.client.post(
+        "/v1/widgets/polish",
+        data=body,
+        headers={"Authorization": f"Bearer {widgets.token()}", "Content-Type": content_type},
+    )
+    document = msgspec.json.decode(await response.read())
+    assert_problem(response.status, document, response, expected)
+    if field is not None:
+        assert document["errors"][0]["field"] == field
 
 
 # --------------------------------------------------------------------------- auth
