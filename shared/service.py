@@ -26,6 +26,7 @@ from shared.db import TRANSIENT_DB_ERRORS
 from shared.http import idempotency
 from shared.http.api import Api, RevocationCheck
 from shared.http.app import (
+    DEFAULT_FAILED_AUTH_RATE_LIMIT,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_PRINCIPAL_RATE_LIMIT,
     DEFAULT_RATE_LIMIT,
@@ -71,6 +72,8 @@ class ServiceSettings(kafka.KafkaSettings, kw_only=True):
     public_rate_limit_burst: int = DEFAULT_RATE_LIMIT.burst
     principal_rate_limit_per_minute: float = DEFAULT_PRINCIPAL_RATE_LIMIT.per_minute
     principal_rate_limit_burst: int = DEFAULT_PRINCIPAL_RATE_LIMIT.burst
+    failed_auth_rate_limit_per_minute: float = DEFAULT_FAILED_AUTH_RATE_LIMIT.per_minute
+    failed_auth_rate_limit_burst: int = DEFAULT_FAILED_AUTH_RATE_LIMIT.burst
     http_header_timeout_seconds: float = DEFAULT_TIMEOUTS.header_seconds
     http_body_timeout_seconds: float = DEFAULT_TIMEOUTS.body_seconds
     idempotency_secret: Secret | None = None
@@ -201,6 +204,9 @@ async def run_service(
                 settings.principal_rate_limit_per_minute,
                 settings.principal_rate_limit_burst,
                 per="caller",
+            ),
+            failed_auth_rate_limit=RateLimit(
+                settings.failed_auth_rate_limit_per_minute, settings.failed_auth_rate_limit_burst
             ),
             timeouts=Timeouts(
                 settings.http_header_timeout_seconds, settings.http_body_timeout_seconds

@@ -60,6 +60,7 @@ REVOCATIONS = web.AppKey("token_revocations", RevocationCheck)
 KEY_SECRET = web.AppKey("idempotency_key_secret", KeySecret)
 PUBLIC_RATE_LIMITER = web.AppKey("public_rate_limiter", RateLimiter)
 PRINCIPAL_RATE_LIMITER = web.AppKey("principal_rate_limiter", RateLimiter)
+FAILED_AUTH_RATE_LIMITER = web.AppKey("failed_auth_rate_limiter", RateLimiter)
 TIMEOUTS = web.AppKey("timeouts", Timeouts)
 
 PUBLIC: frozenset[Role] = frozenset()
@@ -314,7 +315,15 @@ def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[we
         if endpoint.public:
             request.app[PUBLIC_RATE_LIMITER].admit(request.remote or "unknown")
         else:
-            principal = identify(request)
+            try:
+                principal = identify(request)
+            except HTTPProblem:
+                # A refused token names nobody to count it against, and each costs a
+                # signature check: its sender is limited per address, in a bucket of
+                # its own (sign-ups from a shared address and valid tokens are not
+                # held back by someone's stream of bad ones).
+                request.app[FAILED_AUTH_RATE_LIMITER].admit(request.remote or "unknown")
+                raise
             # Counted before anything costs a query. The operator is the marketplace's
             # own tooling (payout runs, onboarding in bulk), not a tenant to keep in check.
             # One bucket per token generation: a token rotated away (it leaked) is not

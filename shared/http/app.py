@@ -18,6 +18,7 @@ from shared.db import TRANSIENT_DB_ERRORS, Pool
 from shared.errors import Conflict, Contended, DomainError, NotAllowed, NotFound, RuleViolated
 from shared.http.api import (
     DB_POOL,
+    FAILED_AUTH_RATE_LIMITER,
     KEY_SECRET,
     PRINCIPAL_RATE_LIMITER,
     PUBLIC_RATE_LIMITER,
@@ -47,6 +48,10 @@ DEFAULT_RATE_LIMIT = RateLimit()
 # 50 requests a second, 100 at once, per token subject: far above what a partner's
 # integration needs, far below what would crowd other tenants out of the pool.
 DEFAULT_PRINCIPAL_RATE_LIMIT = RateLimit(per_minute=3000, burst=100, per="caller")
+# Refused tokens, per client address: 10 a second, 100 at once.  Generous for a
+# fleet behind one address whose tokens expired together, yet a sender of
+# garbage tokens no longer costs a signature check for each of thousands a second.
+DEFAULT_FAILED_AUTH_RATE_LIMIT = RateLimit(per_minute=600, burst=100)
 DEFAULT_TIMEOUTS = Timeouts()
 
 # Refusals of the body itself: what is left of it is not read, the connection closes.
@@ -75,6 +80,7 @@ def create_app(
     key_secret: KeySecret | None = None,
     public_rate_limit: RateLimit = DEFAULT_RATE_LIMIT,
     principal_rate_limit: RateLimit = DEFAULT_PRINCIPAL_RATE_LIMIT,
+    failed_auth_rate_limit: RateLimit = DEFAULT_FAILED_AUTH_RATE_LIMIT,
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
 ) -> web.Application:
     """``key_secret``: replicas of one service must share it; random when not given."""
@@ -84,6 +90,7 @@ def create_app(
     app[REVOCATIONS] = revocations
     app[KEY_SECRET] = key_secret or KeySecret.random()
     app[PUBLIC_RATE_LIMITER] = RateLimiter(public_rate_limit)
+    app[FAILED_AUTH_RATE_LIMITER] = RateLimiter(failed_auth_rate_limit)
     app[PRINCIPAL_RATE_LIMITER] = RateLimiter(principal_rate_limit, bucket_of=str)
     app[TIMEOUTS] = timeouts
     app[READINESS] = list(readiness)
