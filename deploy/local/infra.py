@@ -35,7 +35,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +43,7 @@ __all__ = [
     "DATABASES",
     "KAFKA_VERSION",
     "InfraError",
+    "KafkaLogin",
     "KafkaServer",
     "PortInUseError",
     "PostgresServer",
@@ -321,16 +322,80 @@ def kafka_status(state_dir: Path) -> KafkaServer | None:
     return KafkaServer(state_dir.resolve(), ports[0], ports[1], pid)
 
 
-def _server_properties(data: Path, port: int, controller_port: int) -> str:
+@dataclass(frozen=True)
+class KafkaLogin:
+    """Clients log in with SCRAM-SHA-512 and are authorized by ACLs (as in deploy/k8s).
+
+    ``users`` maps each user to its password; the credentials are written into
+    the storage at format time, so a broker is started once with them. ``admin``
+    (one of the users) is the super user who may create topics and ACLs; nobody
+    else may do anything until an ACL allows it. With ``tls_pem`` (the broker's
+    private key, unencrypted PKCS#8, then its certificate chain, in one PEM file)
+    and ``tls_ca`` (the CA certificate that signed it, which the broker's own
+    client side checks it against at start) the client listener is SASL_SSL,
+    else SASL_PLAINTEXT. The controller's own
+    listener stays plaintext and trusted, as the broker reaches it as ANONYMOUS:
+    fit for a throwaway broker on 127.0.0.1, not for a shared one.
+    """
+
+    admin: str
+    users: Mapping[str, str] = field(repr=False)
+    tls_pem: Path | None = None
+    tls_ca: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.admin not in self.users:
+            raise ValueError(f"the admin {self.admin!r} is not among the users")
+        if (self.tls_pem is None) != (self.tls_ca is None):
+            raise ValueError("TLS needs both tls_pem and tls_ca")
+
+    @property
+    def protocol(self) -> str:
+        return "SASL_PLAINTEXT" if self.tls_pem is None else "SASL_SSL"
+
+    def properties(self) -> dict[str, str]:
+        listener = self.protocol.lower()
+        password = self.users[self.admin]
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{self.admin}" password="{password}";'
+        )
+        settings = {
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+            f"listener.name.{listener}.scram-sha-512.sasl.jaas.config": jaas,
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": f"User:{self.admin};User:ANONYMOUS",
+        }
+        if self.tls_pem is not None and self.tls_ca is not None:
+            settings["ssl.keystore.type"] = "PEM"
+            settings["ssl.keystore.location"] = str(self.tls_pem)
+            settings["ssl.truststore.type"] = "PEM"
+            settings["ssl.truststore.location"] = str(self.tls_ca)
+        return settings
+
+    def scram_arguments(self) -> list[str]:
+        """``kafka.tools.StorageTool format`` options that store every user's credentials."""
+        arguments: list[str] = []
+        for name, password in self.users.items():
+            arguments += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
+        return arguments
+
+
+def _server_properties(
+    data: Path, port: int, controller_port: int, login: KafkaLogin | None = None
+) -> str:
+    listener = "PLAINTEXT" if login is None else login.protocol
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{HOST}:{controller_port}",
-        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "listeners": f"{listener}://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
+        "advertised.listeners": f"{listener}://{HOST}:{port}",
+        "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{listener}:{listener}",
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
+        "inter.broker.listener.name": listener,
         "log.dirs": str(data),
         "num.partitions": "3",
         "default.replication.factor": "1",
@@ -344,6 +409,7 @@ def _server_properties(data: Path, port: int, controller_port: int) -> str:
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
         "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
+        **({} if login is None else login.properties()),
     }
     lines = ["# Written by deploy/local/infra.py on every start; edits are overwritten."]
     lines += [f"{k}={v}" for k, v in settings.items()]
@@ -394,7 +460,13 @@ class _KafkaLaunch:
     log_offset: int | None  # where this start's output begins; None: started by someone else
 
 
-def _launch_kafka(state_dir: Path, port: int, controller_port: int, heap_mb: int) -> _KafkaLaunch:
+def _launch_kafka(
+    state_dir: Path,
+    port: int,
+    controller_port: int,
+    heap_mb: int,
+    login: KafkaLogin | None = None,
+) -> _KafkaLaunch:
     kdir = _kafka_dir(state_dir)
     kdir.mkdir(parents=True, exist_ok=True)
     props, pidfile, log = kdir / "server.properties", kdir / "kafka.pid", kdir / "kafka.log"
@@ -416,12 +488,13 @@ def _launch_kafka(state_dir: Path, port: int, controller_port: int, heap_mb: int
     java = _java()
     data = kdir / "data"
     data.mkdir(exist_ok=True)
-    props.write_text(_server_properties(data, port, controller_port))
+    props.write_text(_server_properties(data, port, controller_port, login))
     classpath = f"{lib}/*"
     if not (data / "meta.properties").is_file():
         fmt = [
             java, *_jvm_args(256, kdir), "-cp", classpath, "kafka.tools.StorageTool", "format",
             "--cluster-id", _cluster_id(kdir), "--config", str(props), "--ignore-formatted",
+            *([] if login is None else login.scram_arguments()),
         ]  # fmt: skip
         done = subprocess.run(fmt, capture_output=True, text=True, check=False, cwd=kdir)
         if done.returncode != 0:
@@ -476,13 +549,20 @@ def _await_kafka(launch: _KafkaLaunch, timeout: float = KAFKA_START_TIMEOUT) -> 
 
 
 def start_kafka(
-    state_dir: Path, port: int, controller_port: int, *, heap_mb: int = 512
+    state_dir: Path,
+    port: int,
+    controller_port: int,
+    *,
+    heap_mb: int = 512,
+    login: KafkaLogin | None = None,
 ) -> KafkaServer:
     """Start (or find already running) a KRaft single-node broker; return once it serves.
 
     Data, config, cluster id, pidfile and log live in ``<state_dir>/kafka``.
+    Without ``login`` anyone may do anything; a login applies from the first
+    start of a state dir on (its users are stored when the storage is formatted).
     """
-    return _await_kafka(_launch_kafka(state_dir, port, controller_port, heap_mb))
+    return _await_kafka(_launch_kafka(state_dir, port, controller_port, heap_mb, login))
 
 
 def stop_kafka(state_dir: Path, timeout: float = 60.0) -> bool:
