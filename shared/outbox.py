@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -203,9 +203,25 @@ class OutboxRelay:
         election_poll_seconds: float = 1.0,
         backlog_gauge_seconds: float = 5.0,
         topic_prefix: str = "",
+        fresh_producer: Callable[[], AIOKafkaProducer] | None = None,
     ) -> None:
+        """``fresh_producer`` makes a producer to replace one whose sends failed.
+
+        An idempotent producer numbers its batches per partition.  A batch that
+        failed for good (it expired while the broker was away) leaves a gap in
+        those numbers that the broker never fills, and aiokafka, unlike the
+        Java client, does not start a new producer id: every later batch to that
+        partition is refused with ``OutOfOrderSequenceNumber``, and the outbox
+        would never drain again.  So after a failed batch the relay publishes
+        with a fresh producer (a new id, numbers from zero); what the failed
+        one may have delivered is sent again, which consumers dedupe.  The
+        producers it made are its own to stop; ``producer`` is not.
+        """
         self._pool = pool
         self._producer = producer
+        self._fresh_producer = fresh_producer
+        self._own_producer = False
+        self._producer_failed = False
         self._batch_size = batch_size
         self._idle_poll_seconds = idle_poll_seconds
         self._linger_seconds = linger_seconds
@@ -230,11 +246,15 @@ class OutboxRelay:
             await self._loop.run()
         finally:
             await self._resign()
+            if self._own_producer:
+                await self._producer.stop()
 
     async def _pass(self) -> float:
         await self._export_backlog()
         if not await self._lead():
             return self._election_poll_seconds
+        if self._producer_failed and self._fresh_producer is not None:
+            await self._renew_producer(self._fresh_producer)
         published = await self.publish_batch()
         if published == 0:
             self._set_backlog(0, 0.0)
@@ -255,7 +275,11 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
-            await self._send_all(rows)
+            try:
+                await self._send_all(rows)
+            except KafkaError:
+                self._producer_failed = True
+                raise
             # Marked sent only once every message is acknowledged by the broker,
             # by one statement outside any transaction block (autocommit): it is
             # atomic on its own, and BEGIN/COMMIT would add two round trips a pass.
@@ -269,6 +293,20 @@ class OutboxRelay:
             raise
         OUTBOX_PUBLISHED.inc(len(rows))
         return len(rows)
+
+    async def _renew_producer(self, make: Callable[[], AIOKafkaProducer]) -> None:
+        fresh = make()
+        try:
+            await fresh.start()
+        except BaseException:
+            await fresh.stop()
+            raise
+        replaced, self._producer = self._producer, fresh
+        if self._own_producer:
+            await replaced.stop()
+        self._own_producer = True
+        self._producer_failed = False
+        log.info("outbox relay: a fresh producer replaces the one whose sends failed")
 
     async def _send_all(self, rows: Sequence[asyncpg.Record]) -> None:
         """Send every row and await every acknowledgement; raise if any send failed.

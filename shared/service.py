@@ -214,7 +214,14 @@ async def run_service(
             **({"revocations": composition.revocations} if composition.revocations else {}),
         )
         loops: list[BackgroundLoop] = [
-            OutboxRelay(pool, producer, topic_prefix=settings.topic_prefix),
+            OutboxRelay(
+                pool,
+                producer,
+                topic_prefix=settings.topic_prefix,
+                fresh_producer=lambda: kafka.new_producer(
+                    settings.kafka_bootstrap, client_id=f"{name}-relay", security=security
+                ),
+            ),
             periodic(
                 "sweep-idempotency-keys",
                 3600,

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from prometheus_client import REGISTRY
@@ -365,3 +366,56 @@ async def test_sends_of_a_batch_abandoned_midway_are_still_retrieved_and_logged(
     assert len(logged_errors(caplog)) == 5
     assert SECRET not in caplog.text
     assert await unsent(pool) == 6
+
+
+async def test_a_producer_whose_batch_numbers_ran_past_the_broker_is_replaced(
+    infra: Infra, pool: db.Pool, new_topic: NewTopicFixture
+) -> None:
+    """A batch that expired while the broker was away leaves a gap in the idempotent
+    producer's numbers for its partition; aiokafka keeps the producer id, so every
+    later batch there is refused (``OutOfOrderSequenceNumber``, seen in the Kafka
+    restart fault test).  The relay must publish on with a fresh producer."""
+    topic = ping_topic(await new_topic(partitions=1))
+    made: list[AIOKafkaProducer] = []
+
+    def fresh() -> AIOKafkaProducer:
+        made.append(kafka.new_producer(infra.kafka_bootstrap, client_id=unique_name("fresh")))
+        return made[-1]
+
+    async def all_sent() -> bool:
+        return await unsent(pool) == 0
+
+    producer = kafka.new_producer(infra.kafka_bootstrap, client_id=unique_name("relay"))
+    await producer.start()
+    relay = OutboxRelay(pool, producer, idle_poll_seconds=0.05, fresh_producer=fresh)
+    running = asyncio.create_task(relay.run())
+    try:
+        async with TopicReader(infra.kafka_bootstrap, topic.name) as reader:
+            async with db.unit_of_work(pool) as conn:
+                first = await append(conn, topic, Ping(n=1), key="k", producer=TEST_PRODUCER)
+            await wait_for(all_sent, message="the first event was not relayed")
+            # The gap a lost batch leaves: the producer's next number for the
+            # partition runs ahead of what the broker has (aiokafka keeps no
+            # public handle on it).
+            numbers = producer._txn_manager
+            numbers.increment_sequence_number(TopicPartition(topic.name, 0), 5)
+
+            async with db.unit_of_work(pool) as conn:
+                later = [
+                    await append(conn, topic, Ping(n=n), key="k", producer=TEST_PRODUCER)
+                    for n in (2, 3, 4)
+                ]
+            await wait_for(all_sent, timeout=30, message="the relay stayed stuck on its producer")
+
+            async def all_on_the_topic() -> bool:
+                await reader.poll()
+                wanted = {first.event_id, *(e.event_id for e in later)}
+                return wanted <= set(reader.event_ids())
+
+            await wait_for(all_on_the_topic, message="the later events are not on the topic")
+        assert len(made) == 1, "the gap did not break the first producer, or it was replaced twice"
+    finally:
+        relay.stop()
+        await asyncio.wait_for(running, 15)
+        await producer.stop()
+    assert made[0]._closed  # the relay stops what it made
