@@ -74,6 +74,10 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> Poo
         max_inactive_connection_lifetime=60,
         command_timeout=30,
         reset=_keep_session,
+        # asyncpg hands out timestamps in UTC whatever the session's zone, but
+        # timestamps PostgreSQL renders as JSON (the orders store reads orders
+        # that way) carry the session's: UTC here too, so both agree.
+        server_settings={"timezone": "UTC"},
     )
     assert pool is not None
     return pool

@@ -164,20 +164,37 @@ class Snapshot:
     version: int
 
 
-# The whole order in one round trip: the children come as arrays of their
-# tables' row types, which asyncpg decodes to records.  A column added to one
-# of these tables while a replica runs fails that replica's next read on each
-# connection once (``OutdatedSchemaCacheError``: asyncpg then reloads the
-# types), so such a migration is rolled out with a restart.  $1: whether to
-# read the usage already charged, which only a cancellation needs (to refund
-# it) and which grows with every report.
+_snapshots = msgspec.json.Decoder(Snapshot)
+
+# The whole order in one round trip, as one JSON document shaped like a
+# ``Snapshot`` (only the columns the domain reads, under its names), which
+# msgspec decodes straight into the domain's types.  Every change of an order
+# reads it, each partner's answer among them.  Read as arrays of the tables'
+# row types instead, asyncpg decoded every child record field by field in
+# Python and the domain objects were built from those again: about 6.5 µs of
+# the service's CPU per usage charge against 0.9 µs as JSON, and about 45 µs
+# more per read of an order without usage; PostgreSQL spends about the same
+# either way.  Timestamps come in the session's time zone, which the pool pins
+# to UTC (``shared.db.create_pool``), so they decode as asyncpg's would.  $1:
+# whether to read the usage already charged, which only a cancellation needs
+# (to refund it) and which grows with every report.
 _WHOLE_ORDER = (
-    "SELECT o.*,"
-    " ARRAY(SELECT l FROM order_lines l WHERE l.order_id = o.id ORDER BY l.position) AS lines,"
-    " ARRAY(SELECT f FROM fulfillments f WHERE f.order_id = o.id ORDER BY f.id)"
-    " AS fulfillments,"
-    " CASE WHEN $1 THEN ARRAY(SELECT u FROM usage_records u WHERE u.order_id = o.id"
-    " ORDER BY u.recorded_at, u.charge_id) END AS usage"
+    "SELECT json_build_object('version', o.version, 'order', json_build_object("
+    "'order_id', o.id, 'customer_id', o.customer_id, 'status', o.status,"
+    " 'currency', o.currency, 'total', o.total, 'placed_at', o.placed_at,"
+    " 'accept_by', o.accept_by, 'changed_at', o.changed_at, 'sequence', o.sequence,"
+    " 'cancel_reason', o.cancel_reason,"
+    " 'lines', ARRAY(SELECT json_build_object('line_id', l.id, 'offering_id', l.offering_id,"
+    " 'offering_version', l.offering_version, 'owner_id', l.owner_id,"
+    " 'quantity', l.quantity, 'amount', l.amount, 'components', l.components)"
+    " FROM order_lines l WHERE l.order_id = o.id ORDER BY l.position),"
+    " 'fulfillments', ARRAY(SELECT json_build_object('fulfillment_id', f.id,"
+    " 'partner_id', f.partner_id, 'role', f.role, 'status', f.status,"
+    " 'changed_at', f.changed_at, 'reason', f.reason)"
+    " FROM fulfillments f WHERE f.order_id = o.id ORDER BY f.id),"
+    " 'usage_charges', CASE WHEN $1 THEN ARRAY(SELECT json_build_object("
+    "'charge_id', u.charge_id, 'amount', u.amount) FROM usage_records u"
+    " WHERE u.order_id = o.id ORDER BY u.recorded_at, u.charge_id) ELSE '{}' END))"
     " FROM orders o WHERE "
 )
 
@@ -191,7 +208,7 @@ async def order_snapshot(
     row and its version; nothing waits on anyone, and nothing is held.
     """
     row = await conn.fetchrow(_WHOLE_ORDER + "o.id = $2", with_usage, order_id)
-    return None if row is None else _snapshot(row)
+    return None if row is None else _snapshots.decode(row[0])
 
 
 async def fulfillment_order_snapshot(
@@ -209,7 +226,7 @@ async def fulfillment_order_snapshot(
         fulfillment_id,
         partner_id,
     )
-    return None if row is None else _snapshot(row)
+    return None if row is None else _snapshots.decode(row[0])
 
 
 async def lock_order(conn: Connection, order_id: str, *, with_usage: bool) -> Snapshot | None:
@@ -232,16 +249,6 @@ async def lock_order_row(conn: Connection, order_id: str) -> None:
     """Hold the order's row until the transaction ends; read it afterwards, in a statement
     of its own (see ``lock_order``)."""
     await conn.execute("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE", order_id)
-
-
-def _snapshot(row: Any) -> Snapshot:
-    order = _order(
-        row,
-        [_line(line) for line in row["lines"]],
-        [_fulfillment(f) for f in row["fulfillments"]],
-        [UsageCharge(u["charge_id"], u["amount"]) for u in row["usage"] or ()],
-    )
-    return Snapshot(order, row["version"])
 
 
 async def order(conn: Connection, order_id: str) -> Order | None:

@@ -17,9 +17,11 @@ import pytest
 
 from services.orders import domain, handlers, store
 from services.orders.domain import Accept, OfferingVersion, ReportUsage, RequestedLine
+from services.orders.turns import OrderTurns
 from shared import outbox
 from shared.contracts import orders as o_events
 from shared.contracts.catalog_offerings import ComponentState
+from shared.contracts.envelope import EventRegistry, decode_envelope
 from shared.contracts.pricing import UsagePricing
 from shared.db import Connection
 from shared.errors import Conflict
@@ -162,5 +164,50 @@ async def test_a_usage_report_does_not_read_the_orders_earlier_usage(
             "SELECT count(*) FROM usage_records WHERE order_id = $1", order_id
         )
         assert charged == earlier + 1
+    finally:
+        await conn.close()
+
+
+async def test_an_order_read_whole_carries_every_usage_charge_and_a_cancel_refunds_them(
+    migrated_orders_db: str,
+) -> None:
+    conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(migrated_orders_db)
+    try:
+        order_id = await confirmed_order(conn)
+        for number, quantity in enumerate((4, 1, 7)):
+            report = ReportUsage(
+                usage_id=f"u-{number}",
+                partner_id=ISV,
+                component_partner_id=None,
+                quantity=quantity,
+                occurred_at=NOW,
+            )
+            async with conn.transaction():
+                await handlers.report_usage(conn, order_id, report, NOW)
+        # The read a change decides from (one JSON document) agrees field for
+        # field with the read the listings use (rows), time zones included.
+        [listed] = await store.orders_by_id(conn, [order_id], with_usage=True)
+        read = await store.order_snapshot(conn, order_id)
+        assert read is not None
+        assert read.order == listed
+        assert [u.amount for u in read.order.usage_charges] == [12, 3, 21]
+        assert read.order.placed_at.tzinfo == listed.placed_at.tzinfo == UTC
+        [fulfillment] = read.order.fulfillments
+        by_fulfillment = await store.fulfillment_order_snapshot(
+            conn, fulfillment.fulfillment_id, ISV
+        )
+        assert by_fulfillment == read
+
+        await handlers.cancel_order(conn, "cus_usagerace", order_id, NOW, turns=OrderTurns())
+        payload = await conn.fetchval(
+            "SELECT payload FROM outbox WHERE event_type = $1 AND key = $2",
+            o_events.OrderRefunded.EVENT_TYPE,
+            order_id,
+        )
+        refunded = EventRegistry([o_events.OrderRefunded]).decode(decode_envelope(payload))
+        assert isinstance(refunded, o_events.OrderRefunded)
+        assert sorted((r.charge_id, r.amount) for r in refunded.refunds) == sorted(
+            (u.charge_id, u.amount) for u in read.order.usage_charges
+        )
     finally:
         await conn.close()
