@@ -101,7 +101,11 @@ class TokenVerifier:
         # token digest -> (principal, expiry as a POSIX timestamp)
         self._verified: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
 
-    def verify(self, token: str) -> Principal:
+    def verify(
+        self, token: str, *, before_signature_check: Callable[[], None] | None = None
+    ) -> Principal:
+        """``before_signature_check`` runs only when the token's signature must be
+        checked (not the operator's, not one verified before): it may refuse by raising."""
         digest = hashlib.sha256(token.encode()).digest()
         if hmac.compare_digest(digest, self._operator_digest):
             return Principal(OPERATOR_SUBJECT, "operator")
@@ -112,6 +116,8 @@ class TokenVerifier:
                 self._verified.move_to_end(digest)
                 return principal
             del self._verified[digest]  # expired: verified again below, and refused
+        if before_signature_check is not None:
+            before_signature_check()
         principal, expires_at = self._verify_signed(token)
         self._verified[digest] = (principal, expires_at)
         if len(self._verified) > self._cache_size:

@@ -293,9 +293,18 @@ def identify(request: web.Request) -> Principal:
         raise unauthorized("send 'Authorization: Bearer <token>'")
     if not token.isascii():  # tokens are ASCII; anything else could not even be hashed
         raise unauthorized("the token is not valid")
+    # A refused token names nobody to count it against, and each costs a signature
+    # check: refusals are counted per client address, in a bucket of their own, and
+    # an address whose bucket is empty gets no more checks until it refills.  Tokens
+    # verified before (and the operator's) are never held back.
+    refusals = request.app[FAILED_AUTH_RATE_LIMITER]
+    address = request.remote or "unknown"
     try:
-        return request.app[VERIFIER].verify(token.strip())
+        return request.app[VERIFIER].verify(
+            token.strip(), before_signature_check=lambda: refusals.check(address)
+        )
     except InvalidToken as exc:
+        refusals.admit(address)
         raise unauthorized(str(exc)) from None
 
 
@@ -315,15 +324,7 @@ def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[we
         if endpoint.public:
             request.app[PUBLIC_RATE_LIMITER].admit(request.remote or "unknown")
         else:
-            try:
-                principal = identify(request)
-            except HTTPProblem:
-                # A refused token names nobody to count it against, and each costs a
-                # signature check: its sender is limited per address, in a bucket of
-                # its own (sign-ups from a shared address and valid tokens are not
-                # held back by someone's stream of bad ones).
-                request.app[FAILED_AUTH_RATE_LIMITER].admit(request.remote or "unknown")
-                raise
+            principal = identify(request)
             # Counted before anything costs a query. The operator is the marketplace's
             # own tooling (payout runs, onboarding in bulk), not a tenant to keep in check.
             # One bucket per token generation: a token rotated away (it leaked) is not

@@ -49,8 +49,8 @@ DEFAULT_RATE_LIMIT = RateLimit()
 # integration needs, far below what would crowd other tenants out of the pool.
 DEFAULT_PRINCIPAL_RATE_LIMIT = RateLimit(per_minute=3000, burst=100, per="caller")
 # Refused tokens, per client address: 10 a second, 100 at once.  Generous for a
-# fleet behind one address whose tokens expired together, yet a sender of
-# garbage tokens no longer costs a signature check for each of thousands a second.
+# fleet behind one address whose tokens expired together; past it, the address's
+# tokens not verified before are refused (429) without a signature check.
 DEFAULT_FAILED_AUTH_RATE_LIMIT = RateLimit(per_minute=600, burst=100)
 DEFAULT_TIMEOUTS = Timeouts()
 

@@ -60,6 +60,13 @@ class RateLimiter:
 
     def admit(self, client: str) -> None:
         """Take one request from ``client``'s bucket, or raise 429."""
+        self._take(client, 1.0)
+
+    def check(self, client: str) -> None:
+        """Raise 429 if ``client``'s bucket is empty; take nothing from it."""
+        self._take(client, 0.0)
+
+    def _take(self, client: str, cost: float) -> None:
         if not self._limit.enabled:
             return
         client = self._bucket_of(client)
@@ -78,7 +85,7 @@ class RateLimiter:
                 f" retry after {retry_after} s",
                 headers={"Retry-After": str(retry_after)},
             )
-        self._remember(client, tokens - 1.0, now)
+        self._remember(client, tokens - cost, now)
 
     def _remember(self, client: str, tokens: float, now: float) -> None:
         self._buckets[client] = (tokens, now)
