@@ -263,8 +263,11 @@ async def _drop_failed_build(conn: Connection, migration: Migration, index: str)
     table's SHARE UPDATE EXCLUSIVE lock until it ends, and a drop that cannot
     have it within ``_DROP_LOCK_TIMEOUT`` is waiting for a live build, which it
     would otherwise throw away once that is done.  Autovacuum, the other
-    holder of that lock, gives it up to a waiter after ``deadlock_timeout``
-    (1 s by default), well within the timeout.
+    usual holder of that lock, gives it up to a waiter after
+    ``deadlock_timeout`` (1 s by default), well within the timeout; an
+    anti-wraparound autovacuum, a manual VACUUM or a long transaction on the
+    table does not, and the start-up is refused with the same message until
+    it ends.
     """
     builder = await conn.fetchval(
         "SELECT pid FROM pg_stat_progress_create_index WHERE index_relid = to_regclass($1)",

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, OutOfOrderSequenceNumber
 from asyncpg.pool import PoolConnectionProxy
 
 from shared import logs
@@ -191,6 +191,11 @@ def kafka_headers(event_type: str, event_id: str) -> list[tuple[str, bytes]]:
     ]
 
 
+# What a producer's sends fail with when its batch numbers may have a gap: a batch
+# that expired unacknowledged, and the broker's refusal of the numbers after one.
+_GAP_IN_BATCH_NUMBERS = (KafkaTimeoutError, OutOfOrderSequenceNumber)
+
+
 class OutboxRelay:
     def __init__(
         self,
@@ -214,8 +219,13 @@ class OutboxRelay:
         partition is refused with ``OutOfOrderSequenceNumber``, and the outbox
         would never drain again.  So after a failed batch the relay publishes
         with a fresh producer (a new id, numbers from zero); what the failed
-        one may have delivered is sent again, which consumers dedupe.  The
-        producers it made are its own to stop; ``producer`` is not.
+        one may have delivered is sent again, which consumers dedupe.  Sends of
+        the replaced producer still in flight may even land after the fresh
+        one's copies: consumers dedupe by event id and sequence, so that too
+        is harmless.  Only a batch that expired or was refused for its number
+        renews the producer; a message refused for itself (too large) would
+        be refused by any producer.  The producers it made are its own to
+        stop; ``producer`` is not.
         """
         self._pool = pool
         self._producer = producer
@@ -277,7 +287,7 @@ class OutboxRelay:
                 return 0
             try:
                 await self._send_all(rows)
-            except KafkaError:
+            except _GAP_IN_BATCH_NUMBERS:
                 self._producer_failed = True
                 raise
             # Marked sent only once every message is acknowledged by the broker,

@@ -369,9 +369,11 @@ async def _locked_attempt(
     """The change under the order's row lock: every writer of the order takes that
     lock, so nothing moves the version between this read and this write.
 
-    In a transaction of its own (a savepoint inside the caller's), so the lock
-    is held only for the read and the write; a state written here is not
-    handed on to the next turn, like any written inside a transaction.
+    In a transaction of its own, so the lock is held only for the read and the
+    write; inside the caller's transaction (an Idempotency-Key, the timer loop)
+    this is a savepoint and the lock is held until the caller commits.  A state
+    written here is not handed on to the next turn, like any written inside a
+    transaction.
     """
     async with conn.transaction():
         await store.lock_order_row(conn, order_id)
