@@ -68,7 +68,14 @@ from aiokafka.errors import KafkaError
 from shared import logs
 from shared.contracts.envelope import Envelope, Event, EventRegistry, UnknownEvent, decode_envelope
 from shared.db import Connection, Pool
-from shared.kafka import PLAINTEXT, KafkaSecurity, client_options
+from shared.kafka import (
+    BATCH_NUMBER_GAP,
+    PLAINTEXT,
+    KafkaSecurity,
+    client_options,
+    new_producer,
+    started,
+)
 from shared.metrics import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED, EVENTS_PARKED
 from shared.retry import RetryPolicy
 from shared.runtime import sleep_or_stop
@@ -282,6 +289,11 @@ class BatchConsumer:
         self._to_commit: dict[TopicPartition, int] = {}
         self._commit_wanted = asyncio.Event()
         self._commit_lock = asyncio.Lock()
+        self._bootstrap = bootstrap
+        self._security = security
+        # Dead letters go through ``producer`` until a send shows its batch numbers
+        # have a gap; then through a producer of the consumer's own (``_renew_producer``).
+        self._own_producer = False
         self._consumer = AIOKafkaConsumer(
             **client_options(bootstrap, security),
             group_id=self.group_id,
@@ -329,6 +341,8 @@ class BatchConsumer:
             await asyncio.gather(committer, watcher, return_exceptions=True)
             await self._flush_commits()
             await self._consumer.stop()
+            if self._own_producer:
+                await self._producer.stop()
 
     async def _export_parked(self) -> None:
         """Every replica exports what the consumer holds back, as the database counts it.
@@ -755,6 +769,19 @@ class BatchConsumer:
                     },
                 )
 
+    async def _renew_producer(self) -> None:
+        """Dead letters from now on through a fresh producer (the shared one keeps its gap)."""
+        fresh = await started(
+            new_producer(
+                self._bootstrap, client_id=f"{self.name}-dead-letters", security=self._security
+            )
+        )
+        replaced, self._producer = self._producer, fresh
+        if self._own_producer:
+            await replaced.stop()
+        self._own_producer = True
+        log.info("dead letters go through a fresh producer", extra={"consumer": self.name})
+
     async def _dead_letter(self, record: _Letter | ConsumerRecord, error: BaseException) -> None:
         headers = [
             *(record.headers or ()),
@@ -767,9 +794,13 @@ class BatchConsumer:
         ]
         # Awaited before the offset is committed: a dead letter is never lost either.
         attempt = 0
+        renew = False
         while True:
             attempt += 1
             try:
+                if renew:
+                    await self._renew_producer()
+                    renew = False
                 delivery = await self._producer.send(
                     f"{record.topic}.dlq", value=record.value, key=record.key, headers=headers
                 )
@@ -777,6 +808,8 @@ class BatchConsumer:
                 break
             except KafkaError as exc:
                 log.warning("dead-letter send failed, retrying", extra={"error": repr(exc)})
+                # A gap in the producer's batch numbers would refuse every retry.
+                renew = renew or isinstance(exc, BATCH_NUMBER_GAP)
                 if await sleep_or_stop(self._stopping, self._retry.backoff(min(attempt, 10))):
                     raise _Stopping from exc
         EVENTS_DEAD_LETTERED.labels(self.name, record.topic).inc()

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaTimeoutError, OutOfOrderSequenceNumber
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
@@ -104,6 +105,14 @@ def client_options(bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> dict[
     return options
 
 
+# What an idempotent producer's sends fail with when its per-partition batch
+# numbers may have a gap the broker never fills: a batch that expired
+# unacknowledged (the broker was away), and the refusal of every number after
+# it.  aiokafka, unlike the Java client, keeps the producer id, so the one way
+# on is a fresh producer (a new id, numbers from zero).
+BATCH_NUMBER_GAP = (KafkaTimeoutError, OutOfOrderSequenceNumber)
+
+
 def new_producer(
     bootstrap: str, *, client_id: str, security: KafkaSecurity = PLAINTEXT
 ) -> AIOKafkaProducer:
@@ -118,6 +127,16 @@ def new_producer(
         linger_ms=2,
         request_timeout_ms=15_000,
     )
+
+
+async def started(producer: AIOKafkaProducer) -> AIOKafkaProducer:
+    """``producer``, started; or, if it cannot start, stopped again and the error raised."""
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()
+        raise
+    return producer
 
 
 def _new_topic(

@@ -49,12 +49,13 @@ from dataclasses import dataclass
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError, OutOfOrderSequenceNumber
+from aiokafka.errors import KafkaError
 from asyncpg.pool import PoolConnectionProxy
 
 from shared import logs
 from shared.contracts.envelope import Envelope, Event, Topic, encode_envelope, new_envelope
 from shared.db import TRANSIENT_DB_ERRORS, Connection, Pool, release_undone
+from shared.kafka import BATCH_NUMBER_GAP, started
 from shared.metrics import OUTBOX_OLDEST_UNSENT_AGE, OUTBOX_PUBLISHED, OUTBOX_UNSENT
 from shared.runtime import PollingLoop
 
@@ -191,11 +192,6 @@ def kafka_headers(event_type: str, event_id: str) -> list[tuple[str, bytes]]:
     ]
 
 
-# What a producer's sends fail with when its batch numbers may have a gap: a batch
-# that expired unacknowledged, and the broker's refusal of the numbers after one.
-_GAP_IN_BATCH_NUMBERS = (KafkaTimeoutError, OutOfOrderSequenceNumber)
-
-
 class OutboxRelay:
     def __init__(
         self,
@@ -287,7 +283,7 @@ class OutboxRelay:
                 return 0
             try:
                 await self._send_all(rows)
-            except _GAP_IN_BATCH_NUMBERS:
+            except BATCH_NUMBER_GAP:
                 self._producer_failed = True
                 raise
             # Marked sent only once every message is acknowledged by the broker,
@@ -305,12 +301,7 @@ class OutboxRelay:
         return len(rows)
 
     async def _renew_producer(self, make: Callable[[], AIOKafkaProducer]) -> None:
-        fresh = make()
-        try:
-            await fresh.start()
-        except BaseException:
-            await fresh.stop()
-            raise
+        fresh = await started(make())
         replaced, self._producer = self._producer, fresh
         if self._own_producer:
             await replaced.stop()

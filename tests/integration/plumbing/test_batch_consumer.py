@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from prometheus_client import REGISTRY
 
 from shared import db, kafka
@@ -166,6 +166,56 @@ async def test_one_poison_event_in_a_chunk_of_500_is_dead_lettered_alone(
     # Bisecting: about log2(500) failing transactions plus the poison's own attempts.
     assert alone == FAST_RETRIES.max_attempts
     assert len(chunk_sizes) < 40
+
+
+async def test_dead_letters_go_on_through_a_fresh_producer_once_the_shared_one_has_a_gap(
+    infra: Infra, pool: db.Pool, new_topic: NewTopic
+) -> None:
+    """As for the outbox relay: a dead-letter batch that expired while Kafka was away
+    leaves a gap in the shared producer's numbers for its partition, and every later
+    send there is refused (``OutOfOrderSequenceNumber``); the consumer's partition
+    would retry its dead letter for ever."""
+    topic = await new_topic(partitions=1)
+    envelopes = await produce_pings(infra, topic, range(3), keys=1)
+    poison = envelopes[1]
+    name = unique_name("dlq-gap")
+    producer = kafka.new_producer(infra.kafka_bootstrap, client_id=name)
+    await producer.start()
+    dlq = f"{topic}.dlq"
+    partitions = sorted(await producer.partitions_for(dlq))
+    for partition in partitions:
+        # A dead letter that reached the broker, then the gap a lost batch leaves
+        # (aiokafka keeps no public handle on the numbers).
+        await producer.send_and_wait(dlq, b"earlier", partition=partition)
+        producer._txn_manager.increment_sequence_number(TopicPartition(dlq, partition), 5)
+
+    async def refuse_the_poison(conn: db.Connection, deliveries: Sequence[Delivery]) -> None:
+        await insert_effects(conn, deliveries)
+        if any(d.envelope.event_id == poison.event_id for d in deliveries):
+            raise ValueError("cannot apply the poison")
+
+    consumer = BatchConsumer(
+        name=name,
+        bootstrap=infra.kafka_bootstrap,
+        topics=[topic],
+        registry=EventRegistry([Ping]),
+        handler=refuse_the_poison,
+        pool=pool,
+        producer=producer,
+        retry=FAST_RETRIES,
+    )
+    running = asyncio.create_task(consumer.run())
+    try:
+        await caught_up(infra, name, topic)
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(running, 15)
+        await producer.stop()
+
+    letters = await dead_letters(infra, topic, len(partitions) + 1)
+    assert [headers_of(letter).get("dlq-original-offset") for letter in letters].count("1") == 1
+    ns = sorted(row["n"] for row in await pool.fetch("SELECT n FROM effects"))
+    assert [n for n in ns if n in (0, 1, 2)] == [0, 2]
 
 
 async def test_a_lost_database_connection_is_retried_past_the_attempt_limit(
