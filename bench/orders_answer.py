@@ -44,6 +44,7 @@ import asyncpg
 import msgspec
 
 from bench.orders_place import OFFERING_ID, _create_database, _drop_database, offering_published
+from bench.pipeline_cpu import backends_cpu, cpu_seconds_of
 from bench.processes import POOL_SIZE, RATE_LIMITS_LIFTED, stop, wait_ready
 from deploy.local.infra import free_port
 from services.orders import handlers
@@ -51,7 +52,6 @@ from shared.tokens import TokenIssuer, generate_keypair
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTNERS = ("prt_isv", "prt_msp", "prt_si")
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -66,27 +66,7 @@ class Service:
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of one process; 0 for one that is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def backends(database: str) -> dict[int, float]:
-    """CPU seconds of every PostgreSQL backend serving ``database``, by pid."""
-    title = f"postgres: postgres {database} ".encode()
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if cmdline.startswith(title):
-            found[int(entry.name)] = cpu_seconds(int(entry.name))
-    return found
+    return cpu_seconds_of(pid) or 0.0
 
 
 async def statements(admin: asyncpg.Connection[asyncpg.Record], database: str) -> dict[str, int]:
@@ -175,12 +155,12 @@ async def one_round(
     assert service.process is not None
     orders = await place_orders(session, service, tokens["customer"], count)
     pid = service.process.pid
-    service_before, postgres_before = cpu_seconds(pid), backends(service.database)
+    service_before, postgres_before = cpu_seconds(pid), backends_cpu(service.database)
     statements_before = await statements(admin, service.database)
     started = time.perf_counter()
     latencies, refused = await answer_all(session, service, tokens, orders, in_flight)
     seconds = time.perf_counter() - started
-    service_after, postgres_after = cpu_seconds(pid), backends(service.database)
+    service_after, postgres_after = cpu_seconds(pid), backends_cpu(service.database)
     statements_after = await statements(admin, service.database)
     return Round(
         answers=len(latencies),

@@ -118,6 +118,29 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def cpu_seconds_of(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` so far; None once it is gone."""
+    stat = _read(PROC / str(pid) / "stat")
+    return None if stat is None else process_ticks(stat) / os.sysconf("SC_CLK_TCK")
+
+
+def backends_cpu(database: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend serving ``database``, by pid."""
+    found: dict[int, float] = {}
+    for process in PROC.iterdir():
+        if not process.name.isdigit():
+            continue
+        try:
+            title = (process / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if postgres_database(title) == database:
+            cpu = cpu_seconds_of(int(process.name))
+            if cpu is not None:
+                found[int(process.name)] = cpu
+    return found
+
+
 def _children(parent: int) -> list[int]:
     found: list[int] = []
     for process in PROC.iterdir():

@@ -34,10 +34,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import msgspec
 
+from bench.pipeline_cpu import backends_cpu
 from bench.settlement_backlog import (
     FEE_BPS,
     Infra,
@@ -94,32 +94,6 @@ class TimedBooker(OrderEventBooker):
         self.bookings.delays.extend(
             (now - delivery.envelope.occurred_at).total_seconds() for delivery in deliveries
         )
-
-
-def _cpu_of(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
-
-
-def backends_cpu(database: str) -> dict[int, float]:
-    """CPU seconds of each PostgreSQL backend serving ``database`` on this machine."""
-    found: dict[int, float] = {}
-    prefix = f"postgres: postgres {database} ".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if cmdline.startswith(prefix):
-            cpu = _cpu_of(int(entry.name))
-            if cpu is not None:
-                found[int(entry.name)] = cpu
-    return found
 
 
 async def publish_steadily(bootstrap: str, topic: str, rate: int, seconds: float) -> None:
